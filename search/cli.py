@@ -1,0 +1,64 @@
+"""The `mergesearch` command line.
+
+Each package contributes its sub-commands through a ``register(subparsers)`` function, so the
+commands live next to the code they drive and this module only assembles them.
+A :class:`merge_core.errors.MergesearchError` is printed on one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from merge_core.errors import MergesearchError
+
+# (module, function) pairs; each function takes the sub-parsers object and adds its commands,
+# setting `func` on each parser to a callable(args) -> int.
+COMMAND_PROVIDERS: tuple[str, ...] = (
+    "merge_core.cli",  # inspect, merge
+    "objectives.cli",  # proxy, score
+    "objectives.toy.cli",  # toy
+    "search.cli_study",  # run, status, export, report, dashboard, demo
+    "search.cli_promote",  # promote
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every provider's sub-commands."""
+    parser = argparse.ArgumentParser(
+        prog="mergesearch",
+        description="Search, merge and evaluate VLM + reasoning-LLM merge recipes.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_PROVIDERS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and module_name.startswith(err.name):  # provider not installed; its own import errors surface
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `mergesearch` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MergesearchError as err:
+        print(f"mergesearch: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("mergesearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

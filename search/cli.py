@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
-            if err.name and module_name.startswith(err.name):  # provider not installed; its own import errors surface
+            if err.name and module_name.startswith(
+                err.name
+            ):  # provider not installed; its own import errors surface
                 continue
             raise
         module.register(sub)

@@ -7,6 +7,8 @@ service they skip and say why; with MERGESEARCH_REQUIRE_SERVICES=1 (set by .ci/r
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -17,6 +19,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Hermetic cache: each session builds the "ci" toy world through the real build path, once, and every
+# test and subprocess (`mergesearch run` inherits the environment) shares that one build.
+_SESSION_CACHE = tempfile.mkdtemp(prefix="mergesearch-test-cache-")
+os.environ["MERGESEARCH_CACHE"] = _SESSION_CACHE
+
+pytest_plugins = ["tests.toy_fixtures"]
 
 import torch  # noqa: E402
 
@@ -32,3 +40,7 @@ def require(available: bool, why: str) -> None:
     if REQUIRED:
         pytest.fail(f"required by MERGESEARCH_REQUIRE_SERVICES=1: {why}")
     pytest.skip(why)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)

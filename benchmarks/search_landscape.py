@@ -1,0 +1,177 @@
+"""A real merge landscape for the search benchmarks: every cell of a task-arithmetic grid, scored chunk by chunk.
+
+Grid: task_arithmetic with vlm_weight (a1) and llm_weight (a2) in {0, 0.25, ..., 1.5} (49 recipes) on the
+toy world. Each recipe is merged in memory (merge_core.ResidentMerger) and scored on the toy proxy sets
+with objectives.ProxyScorer, chunk by chunk, exactly as a search worker does; per chunk the number of
+items and of correct answers is kept, so the efficiency and pruning benchmarks can replay real trials
+(running accuracy per chunk included) without re-running the model. Cached as JSON:
+
+    .venv/bin/python benchmarks/search_landscape.py [--size full|ci] [--seed 0] [--out benchmarks/results]
+
+prints the landscape (endpoint-like corners, best cell, spread) and the time per evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+STEPS = [round(0.25 * i, 2) for i in range(7)]
+
+
+def landscape_path(out: str | Path, size: str, seed: int) -> Path:
+    return Path(out) / f"search_landscape_{size}_seed{seed}.json"
+
+
+def cell_key(a1: float, a2: float) -> str:
+    return f"{a1:.2f},{a2:.2f}"
+
+
+def evaluate(
+    size: str,
+    seed: int,
+    *,
+    chunk_size: int,
+    max_new_tokens: int,
+    batch_size: int,
+    threads: int,
+    verbose: bool,
+) -> dict[str, Any]:
+    """Score every grid cell; per cell: chunks [[dataset, n, correct], ...], per-dataset accuracy, mean."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from merge_core import Recipe, ResidentMerger
+    from objectives.datasets import load_dataset
+    from objectives.generation import GenerationConfig
+    from objectives.processing import load_processor, register_image_only_processors
+    from objectives.scorer import ProxyScorer
+    from objectives.toy import build_toy_world
+
+    register_image_only_processors()
+    world = build_toy_world(seed, size=size)
+    merger = ResidentMerger(str(world.vlm), str(world.llm), str(world.base))
+    datasets = [load_dataset(n, root=world.data_dir) for n in world.proxy_datasets]
+    scorer = ProxyScorer(
+        merger.model,
+        load_processor(str(world.vlm)),
+        datasets,
+        chunk_size=chunk_size,
+        generation=GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size),
+    )
+    chunks = scorer.chunks()
+    cells: dict[str, Any] = {}
+    t_all = time.perf_counter()
+    for a1 in STEPS:
+        for a2 in STEPS:
+            recipe = Recipe.from_dict(
+                {
+                    "vlm": str(world.vlm),
+                    "llm": str(world.llm),
+                    "base": str(world.base),
+                    "method": "task_arithmetic",
+                    "vlm_weight": a1,
+                    "llm_weight": a2,
+                }
+            )
+            t0 = time.perf_counter()
+            merger.apply(recipe)
+            rows = []
+            for c in chunks:
+                recs = scorer.run_chunk(c)
+                rows.append([c.dataset, len(recs), sum(int(r.correct) for r in recs)])
+            acc = {}
+            for d in world.proxy_datasets:
+                n = sum(r[1] for r in rows if r[0] == d)
+                acc[d] = sum(r[2] for r in rows if r[0] == d) / n
+            cells[cell_key(a1, a2)] = {
+                "vlm_weight": a1,
+                "llm_weight": a2,
+                "recipe_id": recipe.id,
+                "chunks": rows,
+                "scores": acc,
+                "mean": sum(acc.values()) / len(acc),
+                "eval_s": round(time.perf_counter() - t0, 2),
+            }
+            if verbose:
+                print(
+                    f"  a1={a1:.2f} a2={a2:.2f} mean {cells[cell_key(a1, a2)]['mean']:.3f} "
+                    f"({cells[cell_key(a1, a2)]['eval_s']} s)",
+                    flush=True,
+                )
+    merger.restore()
+    return {
+        "size": size,
+        "seed": seed,
+        "world": str(world.root),
+        "datasets": list(world.proxy_datasets),
+        "chunk_size": chunk_size,
+        "max_new_tokens": max_new_tokens,
+        "steps": STEPS,
+        "cells": cells,
+        "total_s": round(time.perf_counter() - t_all, 1),
+    }
+
+
+def load_or_build(
+    out: str | Path = "benchmarks/results", size: str = "full", seed: int = 0, **kw: Any
+) -> dict:
+    """The cached landscape JSON, evaluated first if absent (written atomically)."""
+    path = landscape_path(out, size, seed)
+    if path.is_file():
+        return json.loads(path.read_text())
+    opts = {"chunk_size": 50, "max_new_tokens": 24, "batch_size": 50, "threads": 1, "verbose": False}
+    opts.update(kw)
+    res = evaluate(size, seed, **opts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    tmp.replace(path)
+    return res
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="full", choices=("full", "ci"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--chunk-size", type=int, default=50)
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--verbose", action="store_true")
+    a = p.parse_args()
+    res = load_or_build(
+        a.out,
+        a.size,
+        a.seed,
+        chunk_size=a.chunk_size,
+        max_new_tokens=a.max_new_tokens,
+        batch_size=a.batch_size,
+        threads=a.threads,
+        verbose=a.verbose,
+    )
+    cells = res["cells"]
+    best = max(cells.values(), key=lambda c: c["mean"])
+    means = sorted(c["mean"] for c in cells.values())
+    print(
+        f"landscape {res['size']} seed {res['seed']}: {len(cells)} cells, {res['total_s']} s "
+        f"({res['total_s'] / len(cells):.1f} s per evaluation)"
+    )
+    print(
+        f"corners: a1=1,a2=0 (VLM) {cells[cell_key(1.0, 0.0)]['mean']:.3f}; a1=0,a2=1 (LLM's LM) "
+        f"{cells[cell_key(0.0, 1.0)]['mean']:.3f}; best a1={best['vlm_weight']} a2={best['llm_weight']} "
+        f"{best['mean']:.3f}; median {means[len(means) // 2]:.3f}; worst {means[0]:.3f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""dare_ties and dare_linear (mergekit): random drop of task-vector entries, rescale, then combine.
+
+τ'_i = rescale(τ_i·m_i), m_i ~ Bernoulli(density) drawn from a CPU ``torch.Generator`` seeded with
+:func:`merge_core.plan.mask_seed` (recipe seed, canonical tensor name, source) and moved to the tensor's
+device — masks are identical on every device and in every process.  Rescale default ``l1`` (mergekit's
+‖τ‖₁/‖τ·m‖₁); ``inverse_density`` is the DARE paper's 1/density.  dare_ties then elects signs as ``ties``;
+dare_linear sums a_i·τ'_i (÷ Σ a_i if normalize).  out = base + λ·δ, fp32 until the final cast.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from merge_core.methods.engine import Random, merge_task_vectors
+from merge_core.plan import TensorOp
+
+
+def _selectors(op: TensorOp) -> tuple[Random, Random]:
+    assert op.density is not None
+    return Random(op.density, op.seeds[0]), Random(op.density, op.seeds[1])
+
+
+def merge_ties(
+    op: TensorOp,
+    vlm: torch.Tensor,
+    llm: torch.Tensor,
+    base: torch.Tensor | None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """dare_ties for one tensor."""
+    return merge_task_vectors(op, vlm, llm, base, out, _selectors(op), consensus=True)
+
+
+def merge_linear(
+    op: TensorOp,
+    vlm: torch.Tensor,
+    llm: torch.Tensor,
+    base: torch.Tensor | None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """dare_linear for one tensor."""
+    return merge_task_vectors(op, vlm, llm, base, out, _selectors(op), consensus=False)

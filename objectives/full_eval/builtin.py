@@ -1,0 +1,156 @@
+"""The built-in backend: our own rule-based scorer (objectives.scorer) on the full benchmark files.
+
+It needs no judge and no second environment, so it is the toy world's backend and the judge-free fallback
+on real data; every result carries the label "rule-based, not comparable with published numbers".
+Resumable: each finished chunk's item records are appended to ``<work_dir>/records.jsonl`` and a rerun
+scores only the chunks not in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import FullEvalError
+from .result import BUILTIN_LABEL, DatasetResult, FullEvalResult
+
+
+def _chunk_key(chunk: Any) -> str:
+    indices = getattr(chunk, "indices", ())
+    return f"{chunk.dataset}:{','.join(str(i) for i in indices)}"
+
+
+@dataclass
+class BuiltinBackend:
+    """Full evaluation with the proxy scorer's rules on every item of each dataset.
+
+    ``data_root``: folder of the TSVs ($LMUData by default); ``chunk_size`` / ``batch_size`` /
+    ``max_new_tokens``: scorer and generation settings (None: the scorer's defaults); ``device``, ``dtype``:
+    where and how the checkpoint is loaded.
+    """
+
+    data_root: str | Path | None = None
+    chunk_size: int = 50
+    batch_size: int | None = None
+    max_new_tokens: int | None = None
+    device: str = "cpu"
+    dtype: str = "auto"
+    log: Callable[[str], None] = print
+    name: str = "builtin"
+    label: str = BUILTIN_LABEL
+
+    def check(self, datasets: Sequence[str], *, vlm_dir: str | Path | None = None) -> None:
+        """Load every dataset (missing file, wrong columns -> DatasetError naming it) before any merge."""
+        from objectives.datasets import load_dataset
+
+        if not datasets:
+            raise FullEvalError(
+                "no datasets to evaluate; set [promotion] datasets in the study file or pass --datasets"
+            )
+        for name in datasets:
+            load_dataset(name, root=self.data_root)
+
+    def evaluate(
+        self, model_dir: str | Path, datasets: Sequence[str], work_dir: str | Path
+    ) -> FullEvalResult:
+        """Score ``model_dir`` on every item of ``datasets``: overall = correct / n per dataset (the
+        scorer's ``ScoreResult``), per_category = the same ratio within each category."""
+        from objectives.datasets import load_dataset
+
+        model_dir = Path(model_dir).resolve()
+        work_dir = Path(work_dir).resolve()
+        if not (model_dir / "config.json").is_file():
+            raise FullEvalError(f"{model_dir}: no config.json; promote merges the checkpoint there first")
+        if not datasets:
+            raise FullEvalError(
+                "no datasets to evaluate; set [promotion] datasets in the study file or pass --datasets"
+            )
+        # Load (and so validate) every dataset before the model: a missing TSV fails in a second, not after loading 7B.
+        loaded = [load_dataset(name, root=self.data_root) for name in datasets]
+        model, processor = self._load(model_dir)
+        scorer = self._scorer(model, processor, loaded)
+
+        work_dir.mkdir(parents=True, exist_ok=True)
+        records_path = work_dir / "records.jsonl"
+        done: dict[str, list[dict[str, Any]]] = {}
+        if records_path.is_file():
+            for line in records_path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    done[row["chunk"]] = row["records"]
+        from objectives.scorer import ItemRecord, ScoreResult
+
+        records: list[Any] = []
+        chunks = scorer.chunks()
+        with records_path.open("a", encoding="utf-8") as out:
+            for i, chunk in enumerate(chunks):
+                key = _chunk_key(chunk)
+                if key in done:
+                    records.extend(ItemRecord(**r) for r in done[key])
+                    continue
+                new = scorer.run_chunk(chunk)
+                out.write(json.dumps({"chunk": key, "records": [asdict(r) for r in new]}) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+                records.extend(new)
+                self.log(f"builtin: chunk {i + 1}/{len(chunks)} ({chunk.dataset})")
+        score = ScoreResult.from_records(records, loaded)
+        per_dataset = {
+            name: DatasetResult(
+                overall=float(s.accuracy),
+                per_category={k: float(v) for k, v in _categories(s).items()},
+                n=int(s.n),
+            )
+            for name, s in score.per_dataset.items()
+        }
+        result = FullEvalResult(
+            backend=self.name, label=self.label, per_dataset=per_dataset, work_dir=str(work_dir)
+        )
+        tmp = work_dir / "result.json.tmp"
+        tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        os.replace(tmp, work_dir / "result.json")
+        return result
+
+    def _load(self, model_dir: Path) -> tuple[Any, Any]:
+        from transformers import AutoModelForImageTextToText
+
+        from objectives.processing import load_processor
+
+        processor = load_processor(model_dir)
+        device = self.device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=self.dtype).to(device)
+        model.eval()
+        return model, processor
+
+    def _scorer(self, model: Any, processor: Any, datasets: list[Any]) -> Any:
+        from objectives.generation import GenerationConfig
+        from objectives.scorer import ProxyScorer
+
+        gen_kwargs: dict[str, Any] = {}
+        if self.batch_size is not None:
+            gen_kwargs["batch_size"] = self.batch_size
+        if self.max_new_tokens is not None:
+            gen_kwargs["max_new_tokens"] = self.max_new_tokens
+        return ProxyScorer(
+            model, processor, datasets, chunk_size=self.chunk_size, generation=GenerationConfig(**gen_kwargs)
+        )
+
+
+def _categories(dataset_score: Any) -> dict[str, float]:
+    """per_category of a scorer DatasetScore as {category: accuracy} (accepts a nested {acc, n} form too)."""
+    out: dict[str, float] = {}
+    for name, value in (getattr(dataset_score, "per_category", None) or {}).items():
+        if isinstance(value, dict):
+            value = value.get("accuracy", value.get("acc"))
+        elif hasattr(value, "accuracy"):
+            value = value.accuracy
+        out[str(name)] = float(value)
+    return out

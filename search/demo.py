@@ -1,0 +1,111 @@
+"""``mergesearch demo``: the whole product on the toy world, end to end, on any CPU.
+
+Builds the toy world if it is not cached, runs ``studies/toy.toml`` (resuming if it already ran),
+promotes the best, exports its recipe (JSON and mergekit YAML), writes the report, and prints where each
+thing is and what the best recipe gained over the VLM alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from rich.console import Console
+
+from merge_core.errors import MergesearchError
+from search.spec import StudySpec, ToySource, load_spec
+
+TOY_STUDY = Path(__file__).resolve().parents[1] / "studies" / "toy.toml"
+
+
+def demo_spec(
+    size: str = "full", workers: int | None = None, n_trials: int | None = None, output_dir: str | None = None
+) -> StudySpec:
+    """studies/toy.toml with the demo's overrides (toy size, workers, trials, output folder)."""
+    if not TOY_STUDY.is_file():
+        raise MergesearchError(f"{TOY_STUDY} not found; run the demo from a source checkout of mergesearch")
+    spec = load_spec(TOY_STUDY)
+    changes: dict = {
+        "models": dataclasses.replace(
+            spec.models, toy=ToySource(spec.models.toy.seed if spec.models.toy else 0, size)
+        )
+    }
+    if workers:
+        changes["workers"] = workers
+    if n_trials:
+        changes["n_trials"] = n_trials
+    if output_dir:
+        out = Path(output_dir).resolve()
+        changes["output_dir"] = out
+        changes["storage"] = f"sqlite:///{out / 'study.db'}"
+    return spec.replace(**changes)
+
+
+def run_demo(
+    size: str = "full",
+    workers: int | None = None,
+    n_trials: int | None = None,
+    output_dir: str | None = None,
+    console: Console | None = None,
+) -> dict:
+    """Run the demo; returns the paths and numbers it printed."""
+    from search.cli_study import run_study
+    from search.export import ExportError, export_recipe
+    from search.report import write_report
+    from search.storage import open_study
+    from search.trials import baseline_trials, ranked_trials, trial_attr
+
+    console = console or Console()
+    spec = demo_spec(size, workers, n_trials, output_dir)
+    run_study(spec, console=console, promote=True)
+    study = open_study(spec, create=False, with_sampler=False)
+    ranked = ranked_trials(study)
+    if not ranked:
+        raise MergesearchError(
+            f"the demo study {spec.name!r} has no COMPLETE trial; see `mergesearch status`"
+        )
+    best = ranked[0]
+    out = spec.output_dir
+    recipe_path = export_recipe(best.user_attrs["recipe"], out / "best_recipe.json", "json")
+    try:
+        yaml_path: Path | None = export_recipe(
+            best.user_attrs["recipe"], out / "best_recipe.mergekit.yaml", "mergekit"
+        )
+    except ExportError as err:
+        yaml_path = None
+        console.print(f"mergekit YAML not written: {err}", highlight=False)
+    report_path = write_report(study, out / "report.html")
+    base = baseline_trials(study).get("vlm_alone")
+    console.rule("demo results")
+    console.print(f"study store:   {spec.storage}", highlight=False)
+    console.print(
+        f"best recipe:   trial {best.number}, proxy score {best.value:.4f} → {recipe_path}", highlight=False
+    )
+    if yaml_path:
+        console.print(f"mergekit YAML: {yaml_path}", highlight=False)
+    console.print(f"report:        {report_path}", highlight=False)
+    console.print(f"records:       {out / 'records'}", highlight=False)
+    promoted = out / "promoted"
+    if promoted.exists():
+        console.print(f"promoted:      {promoted}", highlight=False)
+    gain = None
+    if base is not None:
+        gain = best.value - base.value
+        console.print(
+            f"gain over the VLM alone (trial {base.number}, {base.value:.4f}): {100 * gain:+.1f} points on the proxy",
+            highlight=False,
+        )
+        for name, acc in (best.user_attrs.get("scores") or {}).items():
+            b = (base.user_attrs.get("scores") or {}).get(name)
+            if b is not None:
+                console.print(f"  {name}: {b:.3f} → {acc:.3f}", highlight=False)
+    fe = trial_attr(study, best, "full_eval")
+    if isinstance(fe, dict):
+        console.print(
+            f"full evaluation ({fe.get('label', fe.get('backend'))}): {fe.get('per_dataset')}",
+            highlight=False,
+        )
+    console.print(
+        f"re-merge it:   mergesearch merge {recipe_path} --out {out / 'best_model'}", highlight=False
+    )
+    return {"best": best.number, "gain": gain, "recipe": recipe_path, "report": report_path}

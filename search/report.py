@@ -1,0 +1,154 @@
+"""``report.html``: one self-contained page about a study (works offline).
+
+Plots come from ``optuna.visualization`` (plotly): optimization history, parameter importances, the
+Pareto front (several objectives), parallel coordinates, slices, and intermediate values (pruning).
+plotly.js is embedded once, inline, from the installed plotly package. A plot that cannot be drawn
+for this study (e.g. importances with fewer than two complete trials) is replaced by a note saying why.
+Below the plots: a table of every trial (state, values, per-dataset scores, recipe, times, worker, failure).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from search.export import write_atomic
+from search.trials import counts_by_state, ranked_trials, trial_attr
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import optuna
+
+
+def _plots(study: optuna.Study) -> list[tuple[str, Any]]:
+    """(title, figure or error text) for each plot of the study."""
+    import optuna.visualization as vis
+
+    multi = len(study.directions) > 1
+    target = (lambda t: sum(t.values) / len(t.values)) if multi else None
+    tname = "mean of objectives" if multi else "Objective Value"
+    kw: dict[str, Any] = {"target": target, "target_name": tname} if multi else {}
+    makers: list[tuple[str, Any]] = [
+        ("Optimization history", lambda: vis.plot_optimization_history(study, **kw))
+    ]
+    if multi:
+        names = [
+            str(n) for n in (study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
+        ]
+        makers.append(("Pareto front", lambda: vis.plot_pareto_front(study, target_names=names)))
+    makers += [
+        ("Parameter importances", lambda: vis.plot_param_importances(study, **kw)),
+        ("Parallel coordinates", lambda: vis.plot_parallel_coordinate(study, **kw)),
+        ("Slices", lambda: vis.plot_slice(study, **kw)),
+    ]
+    if not multi:
+        makers.append(
+            (
+                "Intermediate values (running proxy accuracy per chunk)",
+                lambda: vis.plot_intermediate_values(study),
+            )
+        )
+    out: list[tuple[str, Any]] = []
+    for title, make in makers:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out.append((title, make()))
+        except Exception as err:  # a plot that needs more trials / parameters than the study has
+            out.append((title, f"not drawn: {type(err).__name__}: {err}"))
+    return out
+
+
+def _trial_rows(study: optuna.Study) -> str:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        vals = "" if t.values is None else ", ".join(f"{v:.4f}" for v in t.values)
+        scores = trial_attr(study, t, "scores") or {}
+        recipe = t.user_attrs.get("recipe") or {}
+        short = {k: v for k, v in recipe.items() if k not in ("schema", "vlm", "llm", "base")}
+        full_eval = trial_attr(study, t, "full_eval")
+        cells = [
+            str(t.number),
+            t.state.name,
+            vals,
+            ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()),
+            t.user_attrs.get("baseline", ""),
+            json.dumps(short, sort_keys=True),
+            f"{t.user_attrs.get('merge_s', '')}",
+            f"{t.user_attrs.get('eval_s', '')}",
+            str(t.user_attrs.get("worker", "")),
+            str(t.user_attrs.get("fail_reason", "")),
+            json.dumps(full_eval.get("per_dataset", {})) if isinstance(full_eval, dict) else "",
+        ]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    head = [
+        "#",
+        "state",
+        "value(s)",
+        "proxy scores",
+        "baseline",
+        "recipe",
+        "merge s",
+        "eval s",
+        "worker",
+        "fail reason",
+        "full eval",
+    ]
+    return (
+        "<table class='trials'><thead><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def render_report(study: optuna.Study, *, title: str | None = None) -> str:
+    """The report page as HTML text (plotly.js inline once; every plot in a ``div.plot`` section)."""
+    counts = counts_by_state(study)
+    parts: list[str] = []
+    first = True
+    for i, (name, fig) in enumerate(_plots(study)):
+        if isinstance(fig, str):
+            body = f"<p class='note'>{html.escape(fig)}</p>"
+        else:
+            body = fig.to_html(
+                full_html=False, include_plotlyjs=first, div_id=f"plot-{i}", config={"responsive": True}
+            )
+            first = False
+        parts.append(
+            f"<section class='plot' data-title='{html.escape(name)}'><h2>{html.escape(name)}</h2>{body}</section>"
+        )
+    best = ranked_trials(study)[:5]
+    best_html = "".join(
+        f"<li>trial {t.number}: {', '.join(f'{v:.4f}' for v in t.values)} — "
+        f"{html.escape(t.user_attrs.get('baseline') or json.dumps({k: v for k, v in t.user_attrs['recipe'].items() if k not in ('schema', 'vlm', 'llm', 'base')}, sort_keys=True))}</li>"
+        for t in best
+    )
+    title = title or f"mergesearch study {study.study_name}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }} h2 {{ margin-top: 1.5em; }}
+table.trials {{ border-collapse: collapse; font-size: 12px; }}
+table.trials td, table.trials th {{ border: 1px solid #ccc; padding: 2px 6px; vertical-align: top; }}
+.note {{ color: #a60; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>Generated {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}. Trials: {", ".join(f"{k} {v}" for k, v in counts.items())}.
+Directions: {", ".join(d.name.lower() for d in study.directions)}.</p>
+<h2>Best</h2><ol>{best_html}</ol>
+{"".join(parts)}
+<h2>All trials</h2>
+{_trial_rows(study)}
+</body></html>
+"""
+
+
+def write_report(study: optuna.Study, out: Path, *, title: str | None = None) -> Path:
+    """Write :func:`render_report` to ``out`` atomically."""
+    return write_atomic(out, render_report(study, title=title))

@@ -1,0 +1,132 @@
+"""The trial worker: keeps the models resident and scores one proxy chunk per call.
+
+A worker loads the VLM (``merge_core.ResidentMerger``), the processor and the proxy datasets once. Each
+``run_chunk(recipe, k)`` call merges the recipe in memory if it is not the one already applied (the first
+chunk of a trial), then scores chunk k with ``objectives.scorer.ProxyScorer`` and returns the per-item
+records. One call per chunk keeps the pruning decision with the coordinator (the single Optuna writer).
+
+:class:`TrialWorker` is a plain class (usable in-process); :func:`remote_worker_class` wraps it as a Ray
+actor — one per GPU (``num_gpus=1``) or one per CPU core (``num_cpus=1``, one torch thread each).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs to build its resident state; plain data so it ships to any host."""
+
+    vlm: str
+    llm: str
+    base: str | None
+    datasets: tuple[str, ...]  # names under data_dir, or TSV paths
+    data_dir: str | None = None
+    device: str = "cpu"
+    dtype: str | None = None
+    trust_remote_code: bool = False
+    chunk_size: int = 25
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    limit: int = 0
+    threads: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class TrialWorker:
+    """Resident models + proxy scorer; ``run_chunk`` is the unit of work (see module docstring)."""
+
+    def __init__(self, config: WorkerConfig | dict[str, Any]) -> None:
+        cfg = config if isinstance(config, WorkerConfig) else WorkerConfig(**config)
+        os.environ.update(cfg.env)
+        t0 = time.perf_counter()
+        import torch
+
+        torch.set_num_threads(max(1, cfg.threads))
+        from objectives.generation import GenerationConfig
+        from objectives.scorer import ProxyScorer
+
+        from merge_core import ResidentMerger
+        from objectives.datasets import load_dataset
+        from objectives.processing import load_processor, register_image_only_processors
+
+        register_image_only_processors()
+        dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
+        self.cfg = cfg
+        self.merger = ResidentMerger(
+            cfg.vlm,
+            cfg.llm,
+            cfg.base,
+            device=cfg.device,
+            dtype=dtype,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+        self.processor = load_processor(cfg.vlm, trust_remote_code=cfg.trust_remote_code)
+        datasets = []
+        for name in cfg.datasets:
+            ds = load_dataset(name, root=cfg.data_dir)
+            if cfg.limit:
+                ds = dataclasses.replace(ds, items=list(ds.items[: cfg.limit]))
+            datasets.append(ds)
+        self.datasets = datasets
+        self.scorer = ProxyScorer(
+            self.merger.model,
+            self.processor,
+            datasets,
+            chunk_size=cfg.chunk_size,
+            generation=GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size),
+        )
+        self.chunks = self.scorer.chunks()
+        self.applied: str | None = None
+        self.label = f"{socket.gethostname()}:{os.getpid()}/{cfg.device}"
+        self.load_s = time.perf_counter() - t0
+
+    def info(self) -> dict[str, Any]:
+        """Host, pid, device, load time, and the chunk plan (dataset and size of each chunk)."""
+        return {
+            "worker": self.label,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "device": self.cfg.device,
+            "load_s": self.load_s,
+            "chunks": [[c.dataset, len(c.indices)] for c in self.chunks],
+            "datasets": {d.name: len(d.items) for d in self.datasets},
+        }
+
+    def run_chunk(self, recipe: dict[str, Any], recipe_id: str, k: int) -> dict[str, Any]:
+        """Merge ``recipe`` unless already applied, score chunk ``k``; records are JSON-ready dicts."""
+        from merge_core import Recipe
+
+        merge_s = 0.0
+        if self.applied != recipe_id:
+            self.applied = None  # a failed apply must not leave a half-merged model marked as applied
+            t0 = time.perf_counter()
+            self.merger.apply(Recipe.from_dict(recipe))
+            merge_s = time.perf_counter() - t0
+            self.applied = recipe_id
+        t0 = time.perf_counter()
+        records = self.scorer.run_chunk(self.chunks[k])
+        eval_s = time.perf_counter() - t0
+        return {
+            "records": [dataclasses.asdict(r) for r in records],
+            "merge_s": merge_s,
+            "eval_s": eval_s,
+            "worker": self.label,
+        }
+
+    def ping(self) -> str:
+        return self.label
+
+
+def remote_worker_class(*, num_gpus: float = 0, num_cpus: float = 1) -> Any:
+    """``TrialWorker`` as a Ray actor class with the given resources (no automatic restarts: the
+    coordinator restarts dead workers itself so it can fail and re-enqueue their trials)."""
+    import ray
+
+    return ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=0, max_task_retries=0)(TrialWorker)

@@ -1,0 +1,127 @@
+"""ResidentMerger: in-place apply equals the streamed merge bit for bit; restore; recipe checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+from merge_core import Recipe, RecipeError, ResidentMerger, merge_to_disk
+from tests.tiny.models import FAMILIES, cached_trio
+
+RECIPES = [
+    {"method": "linear", "weight": 0.3, "components": ["attention", "mlp", "norm", "embed", "lm_head"]},
+    {
+        "method": "ties",
+        "density": 0.5,
+        "vlm_weight": 0.7,
+        "llm_weight": 1.2,
+        "components": ["attention", "embed"],
+    },
+    {"method": "dare_ties", "density": 0.5, "schedule": {"shape": "loglinear"}, "seed": 9},
+    {"method": "dare_linear", "density": 0.3, "compat": "vlm_merging"},
+    {"method": "task_arithmetic", "vlm_weight": 0.5, "components": ["mlp", "lm_head"]},
+    {"method": "layer_swap", "weight": 0.2, "schedule": {"shape": "step", "start": 1}},
+]
+
+
+def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def recipe_for(trio, d: dict) -> Recipe:
+    return Recipe.from_dict({"vlm": str(trio.vlm), "llm": str(trio.llm), "base": str(trio.base), **d})
+
+
+@pytest.mark.parametrize(
+    "family,tie", [(f, False) for f in FAMILIES] + [("qwen2_vl", True), ("llava_next", True)]
+)
+def test_resident_equals_streamed_bit_for_bit(tmp_path_factory, tmp_path, family, tie):
+    trio = cached_trio(tmp_path_factory, family, tie_embeddings=tie, vlm_extra_vocab=3)
+    merger = ResidentMerger(str(trio.vlm), str(trio.llm), str(trio.base))
+    pristine = params(AutoModelForImageTextToText.from_pretrained(trio.vlm))
+    recipes = RECIPES if family == "qwen2_vl" else RECIPES[:3]
+    for i, d in enumerate(recipes):
+        recipe = recipe_for(trio, d)
+        out = merge_to_disk(recipe, tmp_path / f"m{i}", progress=False)
+        streamed = params(AutoModelForImageTextToText.from_pretrained(out))
+        merger.apply(recipe)
+        live = params(merger.model)
+        assert live.keys() == streamed.keys()
+        for k in live:
+            assert torch.equal(live[k], streamed[k]), (d["method"], k)
+        assert any(not torch.equal(live[k], pristine[k]) for k in live), "nothing merged"
+    merger.restore()
+    for k, v in params(merger.model).items():
+        assert torch.equal(v, pristine[k]), k
+
+
+def test_apply_restores_what_the_previous_recipe_changed(tmp_path_factory):
+    trio = cached_trio(tmp_path_factory, "qwen2_vl")
+    merger = ResidentMerger(str(trio.vlm), str(trio.llm), str(trio.base))
+    name = "model.language_model.layers.0.mlp.up_proj.weight"
+    attn = "model.language_model.layers.0.self_attn.q_proj.weight"
+    before = params(merger.model)
+    merger.apply(recipe_for(trio, {"method": "linear", "weight": 0.5}))
+    assert not torch.equal(params(merger.model)[name], before[name])
+    merger.apply(recipe_for(trio, {"method": "linear", "weight": 0.5, "components": ["attention"]}))
+    now = params(merger.model)
+    assert torch.equal(now[name], before[name])  # mlp back to the VLM's
+    assert not torch.equal(now[attn], before[attn])
+    # the same recipe twice gives the same weights (merged from the pristine copy, not compounded)
+    merger.apply(recipe_for(trio, {"method": "linear", "weight": 0.5, "components": ["attention"]}))
+    assert torch.equal(params(merger.model)[attn], now[attn])
+
+
+def test_tied_embeddings_stay_tied(tmp_path_factory):
+    trio = cached_trio(tmp_path_factory, "qwen2_vl", tie_embeddings=True)
+    merger = ResidentMerger(str(trio.vlm), str(trio.llm), str(trio.base))
+    merger.apply(recipe_for(trio, {"method": "linear", "weight": 0.4, "components": ["embed"]}))
+    m = merger.model
+    assert m.lm_head.weight.data_ptr() == m.model.language_model.embed_tokens.weight.data_ptr()
+    out = m(input_ids=torch.tensor([[1, 5, 9]])).logits
+    assert torch.isfinite(out).all()
+
+
+def test_recipe_must_name_the_resident_models(tmp_path_factory):
+    trio = cached_trio(tmp_path_factory, "qwen2_vl")
+    other = cached_trio(tmp_path_factory, "qwen2_vl", seed=1)
+    merger = ResidentMerger(str(trio.vlm), str(trio.llm))
+    with pytest.raises(RecipeError, match="'vlm'.*holds"):
+        merger.apply(Recipe.from_dict({"vlm": str(other.vlm), "llm": str(trio.llm), "weight": 0.1}))
+    with pytest.raises(RecipeError, match="needs a base model"):
+        merger.apply(recipe_for(trio, {"method": "ties"}))
+    with pytest.raises(RecipeError, match="'dtype'"):
+        merger.apply(
+            Recipe.from_dict({"vlm": str(trio.vlm), "llm": str(trio.llm), "weight": 0.1, "dtype": "bfloat16"})
+        )
+
+
+def test_bf16_resident_matches_bf16_stream(tmp_path_factory, tmp_path):
+    trio = cached_trio(tmp_path_factory, "llava_next")
+    merger = ResidentMerger(str(trio.vlm), str(trio.llm), str(trio.base), dtype="bfloat16")
+    for i, d in enumerate([{"method": "linear", "weight": 0.3}, {"method": "ties", "density": 0.3}]):
+        recipe = recipe_for(trio, {**d, "dtype": "bfloat16"})
+        streamed = params(
+            AutoModelForImageTextToText.from_pretrained(
+                merge_to_disk(recipe, tmp_path / str(i), progress=False)
+            )
+        )
+        merger.apply(recipe)
+        for k, v in params(merger.model).items():
+            assert v.dtype == torch.bfloat16 and torch.equal(v, streamed[k]), k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_resident_matches_cpu(tmp_path_factory):
+    trio = cached_trio(tmp_path_factory, "qwen2_vl")
+    cpu = ResidentMerger(str(trio.vlm), str(trio.llm), str(trio.base))
+    gpu = ResidentMerger(str(trio.vlm), str(trio.llm), str(trio.base), device="cuda")
+    for d in RECIPES:
+        recipe = recipe_for(trio, d)
+        cpu.apply(recipe)
+        gpu.apply(recipe)
+        g = params(gpu.model)
+        for k, v in params(cpu.model).items():
+            # DARE masks are drawn on the CPU, top-k is exact: differences are rounding only
+            torch.testing.assert_close(g[k].cpu(), v, rtol=1e-5, atol=1e-6, msg=f"{d['method']} {k}")

@@ -74,7 +74,7 @@ def resolve(spec: StudySpec, *, build_toy: bool = True, console=None) -> Resolve
             console.print(
                 f"toy world: seed {spec.models.toy.seed}, size {spec.models.toy.size} (built once, cached)"
             )
-        world = build_toy_world(spec.models.toy.seed, size=spec.models.toy.size)
+        world = build_toy_world(spec.models.toy.seed, size=spec.models.toy.size, progress=console is not None)
         datasets = obj.datasets or tuple(world.proxy_datasets)
         res = Resolved(str(world.vlm), str(world.llm), str(world.base), tuple(datasets), str(world.data_dir))
     else:
@@ -93,9 +93,8 @@ def resolve(spec: StudySpec, *, build_toy: bool = True, console=None) -> Resolve
                 f"{src}: `objectives.datasets` entry {name!r}: {p} not found; put the TSV there or set objectives.data_dir"
             )
     if obj.proxy_size:
-        from objectives.proxy import make_proxy
-
         from objectives.datasets import load_dataset
+        from objectives.proxy import make_proxy
 
         out = spec.output_dir / "proxy"
         names = []

@@ -79,7 +79,9 @@ def run_demo(
     console.rule("demo results")
     console.print(f"study store:   {spec.storage}", highlight=False)
     console.print(
-        f"best recipe:   trial {best.number}, proxy score {best.value:.4f} → {recipe_path}", highlight=False
+        f"best recipe:   trial {best.number}, proxy score {best.value:.4f} → {recipe_path}",
+        highlight=False,
+        soft_wrap=True,
     )
     if yaml_path:
         console.print(f"mergekit YAML: {yaml_path}", highlight=False)
@@ -101,10 +103,14 @@ def run_demo(
                 console.print(f"  {name}: {b:.3f} → {acc:.3f}", highlight=False)
     fe = trial_attr(study, best, "full_eval")
     if isinstance(fe, dict):
-        console.print(
-            f"full evaluation ({fe.get('label', fe.get('backend'))}): {fe.get('per_dataset')}",
-            highlight=False,
-        )
+        console.print(f"full evaluation ({fe.get('label', fe.get('backend'))}):", highlight=False)
+        for name, res in (fe.get("per_dataset") or {}).items():
+            cats = " · ".join(f"{c} {a:.3f}" for c, a in (res.get("per_category") or {}).items())
+            console.print(
+                f"  {name}: {res.get('overall', float('nan')):.3f} (n={res.get('n', '?')})  {cats}",
+                highlight=False,
+                soft_wrap=True,
+            )
     console.print(
         f"re-merge it:   mergesearch merge {recipe_path} --out {out / 'best_model'}", highlight=False
     )

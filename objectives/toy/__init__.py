@@ -1,8 +1,8 @@
 """The toy world: a tiny base LM, a reasoning LLM and a Qwen2-VL fine-tuned from it, and VLMEvalKit-format
 benchmarks, built on the CPU in minutes so the whole product runs (and is measured) anywhere.
 
-``build_toy_world(seed, size="full" | "ci" | "smoke", cache_dir=None, force=False) -> ToyWorld`` trains (one
-thread, deterministic) and caches under ``$MERGESEARCH_CACHE/toy/<version>-<size>-seed<seed>``
+``build_toy_world(seed, size="full" | "ci" | "smoke", cache_dir=None, force=False) -> ToyWorld`` trains (fixed
+thread counts, deterministic) and caches under ``$MERGESEARCH_CACHE/toy/<version>-<size>-seed<seed>``
 (default ``~/.cache/mergesearch``). The checkpoints are ordinary Hugging Face directories: ``base`` and
 ``llm`` load with ``AutoModelForCausalLM``, ``vlm`` with ``AutoModelForImageTextToText`` and its processor
 with ``AutoProcessor`` after ``objectives.processing.register_image_only_processors()``; nothing downstream

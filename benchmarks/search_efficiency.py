@@ -21,27 +21,16 @@ from pathlib import Path
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_landscape import cell_key, load_or_build  # noqa: E402
+from search_landscape import cell_key, load_or_build, replay_spec  # noqa: E402
 
 from search.samplers import make_sampler  # noqa: E402
-from search.spec import spec_from_dict  # noqa: E402
 
 
 def _spec(sampler: str, seed: int, startup: int):
-    opts = {"n_startup_trials": startup} if sampler == "tpe" else {}
-    return spec_from_dict(
-        {
-            "name": "bench",
-            "n_trials": 1,
-            "models": {"vlm": "o/v", "llm": "o/l", "base": "o/b"},
-            "objectives": {"datasets": ["A"]},
-            "space": {
-                "methods": ["task_arithmetic"],
-                "vlm_weight": {"low": 0.0, "high": 1.5, "step": 0.25},
-                "llm_weight": {"low": 0.0, "high": 1.5, "step": 0.25},
-            },
-            "sampler": {"name": sampler, "seed": seed, "options": opts},
-        }
+    return replay_spec(
+        seed=seed,
+        sampler=sampler,
+        sampler_options={"n_startup_trials": startup} if sampler == "tpe" else None,
     )
 
 

@@ -34,6 +34,33 @@ def cell_key(a1: float, a2: float) -> str:
     return f"{a1:.2f},{a2:.2f}"
 
 
+def replay_spec(
+    *,
+    seed: int,
+    sampler: str = "tpe",
+    sampler_options: dict | None = None,
+    pruner: str = "none",
+    pruner_options: dict | None = None,
+):
+    """A study spec whose search space is exactly this grid (task arithmetic, a1 and a2 on STEPS), for the
+    benchmarks that replay the stored cells through the product's samplers and pruners."""
+    from search.spec import spec_from_dict
+
+    step = STEPS[1] - STEPS[0]
+    grid = {"low": STEPS[0], "high": STEPS[-1], "step": step}
+    return spec_from_dict(
+        {
+            "name": "bench",
+            "n_trials": 1,
+            "models": {"vlm": "o/v", "llm": "o/l", "base": "o/b"},
+            "objectives": {"datasets": ["A"]},
+            "space": {"methods": ["task_arithmetic"], "vlm_weight": grid, "llm_weight": dict(grid)},
+            "sampler": {"name": sampler, "seed": seed, "options": sampler_options or {}},
+            "pruner": {"name": pruner, "options": pruner_options or {}},
+        }
+    )
+
+
 def evaluate(
     size: str,
     seed: int,

@@ -1,10 +1,13 @@
-"""A real merge landscape for the search benchmarks: every cell of a task-arithmetic grid, scored chunk by chunk.
+"""A real merge landscape for the search benchmarks: every cell of a task-arithmetic grid, scored item by item.
 
 Grid: task_arithmetic with vlm_weight (a1) and llm_weight (a2) in {0, 0.25, ..., 1.5} (49 recipes) on the
 toy world. Each recipe is merged in memory (merge_core.ResidentMerger) and scored on the toy proxy sets
-with objectives.ProxyScorer, chunk by chunk, exactly as a search worker does; per chunk the number of
-items and of correct answers is kept, so the efficiency and pruning benchmarks can replay real trials
-(running accuracy per chunk included) without re-running the model. Cached as JSON:
+with objectives.ProxyScorer step by step, exactly as a search worker does (``run_step`` with the study's
+chunk size and batch size). Per cell the correctness of every item is kept (per dataset a string of 0/1,
+in the scorer's item order, which ``items`` lists once per dataset), so the efficiency and pruning
+benchmarks can replay real trials with the step plan of any chunk size (:func:`step_plan`, built by the
+scorer's own grouping) and the coordinator's running objective (:func:`replay_cell`) without re-running
+the model. Cached as JSON (``format`` = :data:`FORMAT`; a file of another format is rebuilt):
 
     .venv/bin/python benchmarks/search_landscape.py [--size full|ci] [--seed 0] [--out benchmarks/results]
 
@@ -24,14 +27,54 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 STEPS = [round(0.25 * i, 2) for i in range(7)]
+FORMAT = "mergesearch.search_landscape/v2"  # v1 (per-chunk counts only) cannot be regrouped into steps
 
 
 def landscape_path(out: str | Path, size: str, seed: int) -> Path:
-    return Path(out) / f"search_landscape_{size}_seed{seed}.json"
+    return Path(out) / f"search_landscape_v2_{size}_seed{seed}.json"
 
 
 def cell_key(a1: float, a2: float) -> str:
     return f"{a1:.2f},{a2:.2f}"
+
+
+def step_plan(items: dict[str, list[str]], chunk_size: int) -> list[list[tuple[str, int, int]]]:
+    """The product's step plan for ``chunk_size``: per step, ``(dataset, start, end)`` of each chunk, as
+    positions in ``items[dataset]`` (the scorer's item order, stored in the landscape).
+
+    Built by the scorer's own planner (``objectives.scorer.plan_steps``), so the replay follows the
+    scorer's order and steps rather than a copy of them.
+    """
+    from objectives.scorer import plan_steps
+
+    pos = {name: {index: k for k, index in enumerate(idx)} for name, idx in items.items()}
+    plan = []
+    for step in plan_steps(items, chunk_size):
+        rows = []
+        for chunk in step:
+            at = [pos[chunk.dataset][i] for i in chunk.indices]
+            if at != list(range(at[0], at[0] + len(at))):
+                raise ValueError(f"{chunk.dataset}: the scorer's order differs from the stored item order")
+            rows.append((chunk.dataset, at[0], at[0] + len(at)))
+        plan.append(rows)
+    return plan
+
+
+def replay_cell(cell: dict, plan: list[list[tuple[str, int, int]]], datasets: list[str], spec) -> list:
+    """``[(items scored in the step, objective after the step), ...]`` for one cell, one entry per step:
+    the coordinator's own ``running_scores`` and ``objective_values`` over the records so far."""
+    from search.coordinator import objective_values, running_scores
+
+    records: list[dict[str, Any]] = []
+    out = []
+    for step in plan:
+        n = 0
+        for dataset, lo, hi in step:
+            records.extend({"dataset": dataset, "correct": b == "1"} for b in cell["correct"][dataset][lo:hi])
+            n += hi - lo
+        scores = running_scores(records, tuple(datasets))
+        out.append((n, objective_values(scores, spec, tuple(datasets))[0]))
+    return out
 
 
 def replay_spec(
@@ -71,7 +114,7 @@ def evaluate(
     threads: int,
     verbose: bool,
 ) -> dict[str, Any]:
-    """Score every grid cell; per cell: chunks [[dataset, n, correct], ...], per-dataset accuracy, mean."""
+    """Score every grid cell step by step; per cell: per-item correctness per dataset, accuracies, mean."""
     import torch
 
     torch.set_num_threads(threads)
@@ -86,6 +129,7 @@ def evaluate(
     world = build_toy_world(seed, size=size)
     merger = ResidentMerger(str(world.vlm), str(world.llm), str(world.base))
     datasets = [load_dataset(n, root=world.data_dir) for n in world.proxy_datasets]
+    names = [d.name for d in datasets]
     scorer = ProxyScorer(
         merger.model,
         load_processor(str(world.vlm)),
@@ -93,7 +137,16 @@ def evaluate(
         chunk_size=chunk_size,
         generation=GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size),
     )
-    chunks = scorer.chunks()
+    steps = scorer.steps()
+    items: dict[str, list[str]] = {name: [] for name in names}
+    for step in steps:
+        for chunk in step:
+            items[chunk.dataset].extend(chunk.indices)
+    # the stored order regrouped by the scorer's grouping must give back the steps that were scored
+    plan = step_plan(items, chunk_size)
+    assert [[(d, items[d][lo:hi]) for d, lo, hi in st] for st in plan] == [
+        [(c.dataset, list(c.indices)) for c in st] for st in steps
+    ]
     cells: dict[str, Any] = {}
     t_all = time.perf_counter()
     for a1 in STEPS:
@@ -110,38 +163,39 @@ def evaluate(
             )
             t0 = time.perf_counter()
             merger.apply(recipe)
-            rows = []
-            for c in chunks:
-                recs = scorer.run_chunk(c)
-                rows.append([c.dataset, len(recs), sum(int(r.correct) for r in recs)])
-            acc = {}
-            for d in world.proxy_datasets:
-                n = sum(r[1] for r in rows if r[0] == d)
-                acc[d] = sum(r[2] for r in rows if r[0] == d) / n
-            cells[cell_key(a1, a2)] = {
+            correct: dict[str, dict[str, bool]] = {name: {} for name in names}
+            for step in steps:
+                for r in scorer.run_step(step):
+                    correct[r.dataset][r.index] = bool(r.correct)
+            bits = {d: "".join("1" if correct[d][i] else "0" for i in items[d]) for d in names}
+            acc = {d: bits[d].count("1") / len(bits[d]) for d in names}
+            key = cell_key(a1, a2)
+            cells[key] = {
                 "vlm_weight": a1,
                 "llm_weight": a2,
                 "recipe_id": recipe.id,
-                "chunks": rows,
+                "correct": bits,
                 "scores": acc,
                 "mean": sum(acc.values()) / len(acc),
                 "eval_s": round(time.perf_counter() - t0, 2),
             }
             if verbose:
                 print(
-                    f"  a1={a1:.2f} a2={a2:.2f} mean {cells[cell_key(a1, a2)]['mean']:.3f} "
-                    f"({cells[cell_key(a1, a2)]['eval_s']} s)",
+                    f"  a1={a1:.2f} a2={a2:.2f} mean {cells[key]['mean']:.3f} ({cells[key]['eval_s']} s)",
                     flush=True,
                 )
     merger.restore()
     return {
+        "format": FORMAT,
         "size": size,
         "seed": seed,
         "world": str(world.root),
-        "datasets": list(world.proxy_datasets),
+        "datasets": names,
         "chunk_size": chunk_size,
+        "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,
-        "steps": STEPS,
+        "grid": STEPS,
+        "items": items,
         "cells": cells,
         "total_s": round(time.perf_counter() - t_all, 1),
     }
@@ -150,11 +204,14 @@ def evaluate(
 def load_or_build(
     out: str | Path = "benchmarks/results", size: str = "full", seed: int = 0, **kw: Any
 ) -> dict:
-    """The cached landscape JSON, evaluated first if absent (written atomically)."""
+    """The cached landscape JSON (format :data:`FORMAT`), evaluated first if absent or of another format
+    (written atomically). Defaults match studies/toy.toml: chunk_size 25, batch_size 25, 24 new tokens."""
     path = landscape_path(out, size, seed)
     if path.is_file():
-        return json.loads(path.read_text())
-    opts = {"chunk_size": 50, "max_new_tokens": 24, "batch_size": 50, "threads": 1, "verbose": False}
+        res = json.loads(path.read_text())
+        if res.get("format") == FORMAT:
+            return res
+    opts = {"chunk_size": 25, "max_new_tokens": 24, "batch_size": 25, "threads": 1, "verbose": False}
     opts.update(kw)
     res = evaluate(size, seed, **opts)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,9 +226,9 @@ def main() -> int:
     p.add_argument("--size", default="full", choices=("full", "ci"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--chunk-size", type=int, default=50)
+    p.add_argument("--chunk-size", type=int, default=25)
     p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=25)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args()

@@ -1,78 +1,172 @@
-"""Pruning on the toy landscape: proxy items spent until the grid's best score is found, median pruner vs none.
+"""Pruning on the toy landscape: proxy items spent until the grid's best score is found, pruner vs none.
 
-Replays real trials: each cell of benchmarks/search_landscape.py holds its per-chunk results, so a trial
-reports the same running accuracy after each chunk as the coordinator does (weighted mean over the
-datasets seen so far) and stops when the pruner says so. Both arms use the product's TPE sampler
-(search.samplers) with the same seed; pruning uses search.pruners' median defaults. Each arm runs until a
-COMPLETE trial reaches the grid's best score (at most --max-trials), and counts the proxy items scored on
-the way. A cell already COMPLETE is not evaluated again (coordinator cache); a pruned cell is.
-Target (issue #6 §8): >= 30% fewer proxy items evaluated for the same best score.
+Replays real trials as the coordinator runs them: each cell of benchmarks/search_landscape.py holds the
+correctness of every proxy item, regrouped into the product's step plan for ``--chunk-size``
+(search_landscape.step_plan: the scorer's own grouping; step r = chunk r of every dataset). After each
+step a trial reports the coordinator's running objective (search.coordinator.running_scores and
+objective_values: weighted mean over datasets of running accuracy) as ``trial.report(value, steps done)``
+and asks ``should_prune()``, except after the last step, which completes it. Both arms use the product's
+TPE sampler (search.samplers.make_sampler) with the same seed; the pruner comes from
+search.pruners.make_pruner with ``n_steps`` (studies/toy.toml's [pruner] unless --pruner/--options say
+otherwise). Each arm runs until a COMPLETE trial reaches the grid's best score (at most --max-trials) and
+counts the proxy items scored on the way. A cell already COMPLETE is not evaluated again (the
+coordinator's cache: told its value, no items); a pruned cell is. The toy study's baselines are not
+replayed (one of them is the grid's best cell). Target (issue #6 §8): >= 30% fewer proxy items for the same best score.
 
-    .venv/bin/python benchmarks/search_pruning.py [--size full] [--seeds 0 1 2 3 4]
+    .venv/bin/python benchmarks/search_pruning.py [--seed 0] [--seeds 0 1 2 3 4]   # studies/toy.toml's pruner
+    .venv/bin/python benchmarks/search_pruning.py --pruner median --options '{"n_warmup_steps": 1}'
+    .venv/bin/python benchmarks/search_pruning.py --sweep [--seeds 0 1 2 3 4 5 6 7 8 9]  # candidate table
+    .venv/bin/python benchmarks/search_pruning.py --seed 1 --chunk-size 50 --budget 36   # another world, etc.
+
+The landscape of toy world seed 1 needs that world (`mergesearch toy build --size full --seed 1`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_landscape import cell_key, load_or_build, replay_spec  # noqa: E402
+from search_landscape import cell_key, load_or_build, replay_cell, replay_spec, step_plan  # noqa: E402
 
 from search.pruners import make_pruner  # noqa: E402
 from search.samplers import make_sampler  # noqa: E402
 
+Replays = dict[str, list[tuple[int, float]]]
 
-def _spec(pruner: str, seed: int, options: dict | None = None):
-    return replay_spec(seed=seed, pruner=pruner, pruner_options=options)
+
+def replays_for(land: dict, chunk_size: int) -> Replays:
+    """Per cell: [(items in step, running objective after step), ...] for the step plan of ``chunk_size``."""
+    plan = step_plan(land["items"], chunk_size)
+    spec = replay_spec(seed=0)
+    return {key: replay_cell(cell, plan, land["datasets"], spec) for key, cell in land["cells"].items()}
+
+
+def product_pruner(
+    name: str, options: dict | None = None, n_steps: int | None = None
+) -> Callable[[int], optuna.pruners.BasePruner]:
+    """A factory (sampler seed → pruner) through search.pruners.make_pruner, as the coordinator builds it
+    (``n_steps``: steps per trial, which the coordinator passes too)."""
+
+    def make(seed: int) -> optuna.pruners.BasePruner:
+        return make_pruner(replay_spec(seed=seed, pruner=name, pruner_options=options), n_steps=n_steps)
+
+    return make
 
 
 def run(
-    cells: dict, datasets: list[str], pruner: str, seed: int, n_trials: int, options: dict | None = None
-) -> tuple[int, float]:
-    """(proxy items evaluated, best COMPLETE value) of one study, stopped once the grid's best is reached."""
+    replays: Replays,
+    pruner: Callable[[int], optuna.pruners.BasePruner],
+    seed: int,
+    n_trials: int,
+    *,
+    stop_at_best: bool = True,
+) -> tuple[int, float, int, int, int]:
+    """(proxy items evaluated, best COMPLETE value, trials asked, trials pruned, trials of a grid-best cell
+    pruned) of one study of at most ``n_trials`` trials, stopped once a COMPLETE trial reaches the grid's
+    best unless ``stop_at_best`` is False."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec = _spec(pruner, seed, options)
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec), pruner=make_pruner(spec))
-    items = 0
+    study = optuna.create_study(
+        direction="maximize", sampler=make_sampler(replay_spec(seed=seed)), pruner=pruner(seed)
+    )
+    target = max(r[-1][1] for r in replays.values())
+    items, asked, n_pruned, best_pruned = 0, 0, 0, 0
     done: dict[str, float] = {}
-    target = max(c["mean"] for c in cells.values())
     for _ in range(n_trials):
         t = study.ask()
+        asked += 1
         key = cell_key(
             t.suggest_float("vlm_weight", 0.0, 1.5, step=0.25),
             t.suggest_float("llm_weight", 0.0, 1.5, step=0.25),
         )
-        if key in done:
+        if key in done:  # the coordinator's cache: same recipe already COMPLETE
             study.tell(t, done[key])
             continue
-        n = {d: 0 for d in datasets}
-        c = {d: 0 for d in datasets}
+        steps = replays[key]
         pruned = False
-        chunks = cells[key]["chunks"]
-        for k, (d, cn, cc) in enumerate(chunks, start=1):
-            items += cn
-            n[d] += cn
-            c[d] += cc
-            seen = [x for x in datasets if n[x]]
-            value = sum(c[x] / n[x] for x in seen) / len(seen)
-            if k < len(chunks):
+        for k, (n, value) in enumerate(steps, start=1):
+            items += n
+            if k < len(steps):
                 t.report(value, k)
                 if t.should_prune():
                     pruned = True
                     break
         if pruned:
+            n_pruned += 1
+            best_pruned += steps[-1][1] >= target - 1e-12
             study.tell(t, state=optuna.trial.TrialState.PRUNED)
         else:
-            done[key] = value
-            study.tell(t, value)
-            if value >= target - 1e-12:
+            done[key] = steps[-1][1]
+            study.tell(t, done[key])
+            if stop_at_best and done[key] >= target - 1e-12:
                 break
-    return items, max(done.values())
+    return items, max(done.values(), default=float("nan")), asked, n_pruned, best_pruned
+
+
+def candidates(n_steps: int) -> dict[str, Callable[[int], optuna.pruners.BasePruner]]:
+    """The pruners compared by --sweep, all through search.pruners.make_pruner (names and options as a
+    study file gives them), plus Optuna's PatientPruner around the median pruner (marked ``optuna:``)."""
+    out: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {}
+
+    def add(name: str, opts: dict) -> None:
+        out[f"{name} {json.dumps(opts)}"] = product_pruner(name, opts, n_steps)
+
+    for warmup in (0, 1, 2):  # steps are 1-based: warm-up 0 and 1 both decide from step 1
+        for startup in range(2, 7):
+            add("median", {"n_startup_trials": startup, "n_warmup_steps": warmup})
+    for pct in (25.0, 33.0, 40.0, 60.0, 75.0):
+        for startup in (3, 5):
+            for warmup in (1, 2):
+                add("percentile", {"percentile": pct, "n_startup_trials": startup, "n_warmup_steps": warmup})
+    for patience in (1, 2):
+        out[f"optuna:Patient(patience={patience}, Median(5, 1))"] = lambda s, p=patience: (
+            optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(5, 1), patience=p)
+        )
+    for rf in (2, 3, 4):
+        for min_r in (1, 2, 3):
+            add("successive_halving", {"min_resource": min_r, "reduction_factor": rf})
+    out["hyperband (product defaults)"] = product_pruner("hyperband", None, n_steps)
+    return out
+
+
+def compare(
+    replays: Replays,
+    pruner: Callable[[int], optuna.pruners.BasePruner],
+    seeds: list[int],
+    n_trials: int,
+    base: dict[int, tuple[int, float, int, int, int]],
+) -> dict[str, Any]:
+    """Per seed: items without / with pruning, saving, same best, best cell pruned; the median saving."""
+    rows = []
+    for s in seeds:
+        i_none, b_none = base[s][:2]
+        i_p, b_p, asked, n_pruned, best_pruned = run(replays, pruner, s, n_trials)
+        rows.append(
+            {
+                "seed": s,
+                "none": i_none,
+                "pruned": i_p,
+                "saved": 1 - i_p / i_none,
+                "same": b_p >= b_none - 1e-12,
+                "asked": asked,
+                "n_pruned": n_pruned,
+                "best_pruned": best_pruned,
+            }
+        )
+    return {
+        "rows": rows,
+        "median_saved": statistics.median(r["saved"] for r in rows),
+        "min_saved": min(r["saved"] for r in rows),
+        "same": sum(r["same"] for r in rows),
+        "best_pruned": sum(r["best_pruned"] > 0 for r in rows),
+    }
 
 
 def main() -> int:
@@ -82,31 +176,94 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="sampler seeds")
     p.add_argument("--max-trials", type=int, default=150)
     p.add_argument(
-        "--warmup", type=int, default=None, help="median pruner n_warmup_steps (default: the product's)"
+        "--chunk-size", type=int, default=None, help="items per dataset per step (default: the landscape's)"
     )
-    p.add_argument("--startup", type=int, default=5, help="median pruner n_startup_trials (with --warmup)")
+    p.add_argument(
+        "--pruner",
+        default=None,
+        help="a pruner name of search.pruners.make_pruner (default: studies/toy.toml's)",
+    )
+    p.add_argument(
+        "--options", default=None, help="JSON object: [pruner] options (default: toy.toml's with its pruner)"
+    )
+    p.add_argument("--sweep", action="store_true", help="compare the candidate pruners instead")
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=0,
+        help="also run both arms for exactly this many trials (toy.toml: n_trials = 36): items and best found",
+    )
+    p.add_argument("--json", default=None, help="with --sweep: also write the results to this JSON file")
     p.add_argument("--out", default="benchmarks/results")
     a = p.parse_args()
     land = load_or_build(a.out, a.size, a.seed)
-    cells, datasets = land["cells"], land["datasets"]
-    grid_best = max(c["mean"] for c in cells.values())
-    savings, same = [], 0
-    for s in a.seeds:
-        i_none, b_none = run(cells, datasets, "none", s, a.max_trials)
-        opts = {"n_warmup_steps": a.warmup, "n_startup_trials": a.startup} if a.warmup is not None else {}
-        i_med, b_med = run(cells, datasets, "median", s, a.max_trials, opts)
-        savings.append(1 - i_med / i_none)
-        same += int(b_med >= b_none - 1e-12)
-        print(
-            f"seed {s}: no pruning {i_none} items, best {b_none:.3f} | median pruner {i_med} items, "
-            f"best {b_med:.3f} | saved {100 * (1 - i_med / i_none):.0f}%"
-        )
-    med = statistics.median(savings)
+    chunk_size = a.chunk_size or land["chunk_size"]
+    replays = replays_for(land, chunk_size)
+    n_steps = len(next(iter(replays.values())))
+    per_trial = sum(n for n, _ in next(iter(replays.values())))
+    grid_best = max(r[-1][1] for r in replays.values())
     print(
-        f"grid best {grid_best:.3f}; median items saved {100 * med:.0f}% (target >= 30%); "
-        f"same-or-better best in {same}/{len(a.seeds)} seeds; "
-        f"ratio items none/median {1 / (1 - med):.2f}x: {'PASS' if med >= 0.3 and same == len(a.seeds) else 'CHECK'}"
+        f"landscape {a.size}/seed {a.seed}: {len(replays)} cells, chunk_size {chunk_size} -> {n_steps} steps, "
+        f"{per_trial} items per trial; grid best {grid_best:.4f}; sampler seeds {a.seeds}"
     )
+    base = {s: run(replays, product_pruner("none", None, n_steps), s, a.max_trials) for s in a.seeds}
+    if a.sweep:
+        print(
+            f"{'pruner':80s} {'median saved':>12s} {'min saved':>9s} {'same best':>9s} {'best pruned':>11s}"
+            "  saved % per seed"
+        )
+        results = {}
+        for label, make in candidates(n_steps).items():
+            res = results[label] = compare(replays, make, a.seeds, a.max_trials, base)
+            per_seed = " ".join(
+                f"{100 * r['saved']:3.0f}{'' if r['same'] else '!'}{'*' if r['best_pruned'] else ''}"
+                for r in res["rows"]
+            )
+            print(
+                f"{label:80s} {100 * res['median_saved']:11.0f}% {100 * res['min_saved']:8.0f}% "
+                f"{res['same']:>6d}/{len(a.seeds):<2d} {res['best_pruned']:>8d}/{len(a.seeds):<2d}  {per_seed}",
+                flush=True,
+            )
+        print(
+            "same best: seeds whose pruned run reached the unpruned run's best within --max-trials (! = not); "
+            "best pruned: seeds where a trial of a grid-best cell was pruned at least once (*)"
+        )
+        if a.json:
+            Path(a.json).write_text(
+                json.dumps({"chunk_size": chunk_size, "world_seed": a.seed, "results": results})
+            )
+        return 0
+    if a.pruner is None:  # the toy study's own [pruner]
+        from search.spec import load_spec
+
+        toy = load_spec(Path(__file__).resolve().parents[1] / "studies" / "toy.toml").pruner
+        a.pruner = toy.name
+        a.options = a.options or json.dumps(toy.options)
+    opts = json.loads(a.options) if a.options else None
+    res = compare(replays, product_pruner(a.pruner, opts, n_steps), a.seeds, a.max_trials, base)
+    shown = f"{a.pruner} {json.dumps(opts) if opts else '(product defaults)'}"
+    for r, s in zip(res["rows"], a.seeds, strict=True):
+        print(
+            f"seed {s}: no pruning {r['none']} items, best {base[s][1]:.4f} | {shown}: {r['pruned']} items "
+            f"({r['n_pruned']} of {r['asked']} trials pruned), best {'same' if r['same'] else 'LOWER'} | "
+            f"saved {100 * r['saved']:.0f}%{'; a grid-best cell was pruned' if r['best_pruned'] else ''}"
+        )
+    med = res["median_saved"]
+    ok = med >= 0.3 and res["same"] == len(a.seeds)
+    print(
+        f"median items saved {100 * med:.0f}% (target >= 30%; min {100 * res['min_saved']:.0f}%); "
+        f"same best in {res['same']}/{len(a.seeds)} seeds (a grid-best cell pruned in {res['best_pruned']}); ratio items none/pruned {1 / (1 - med):.2f}x: "
+        f"{'PASS' if ok else 'CHECK'}"
+    )
+    if a.budget:
+        arms = {"none": product_pruner("none", None, n_steps), shown: product_pruner(a.pruner, opts, n_steps)}
+        for label, make in arms.items():
+            res_b = [run(replays, make, s, a.budget, stop_at_best=False) for s in a.seeds]
+            print(
+                f"budget {a.budget} trials, {label}: items median {statistics.median(r[0] for r in res_b):.0f}; "
+                f"grid best found in {sum(r[1] >= grid_best - 1e-12 for r in res_b)}/{len(a.seeds)} seeds; "
+                f"mean best {statistics.mean(r[1] for r in res_b):.4f}"
+            )
     return 0
 
 

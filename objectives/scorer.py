@@ -1,12 +1,15 @@
 """The scorer the search calls: a live model on fixed proxy subsets, in chunks, with running accuracy.
 
 ``ProxyScorer(model, processor, datasets, chunk_size=50)`` splits every dataset into chunks of at most
-``chunk_size`` items and interleaves them (A0, B0, A1, B1, ...), so the running score after each chunk covers
-all datasets as early as possible. Within a dataset, items are ordered by ``sha256("<name>:<index>")`` — a
-fixed shuffle, so that an early chunk is not one category. The order depends only on the datasets and
-``chunk_size``. The processor's outputs are cached per item across calls (see
-:class:`objectives.generation.Generator`): after ``ResidentMerger.apply(recipe)`` changes the weights in
-place, the same scorer scores the next recipe without preprocessing again.
+``chunk_size`` items and interleaves them (A0, B0, A1, B1, ...). A *step* is one round of that interleaving
+(A0 + B0, then A1 + B1, ...): the search scores one step per call, so the running score after every step —
+the value a pruner sees — already covers every dataset in proportion, and is an unbiased estimate of the
+final score from the first step on (a step of one dataset only would rank recipes by that dataset alone).
+Within a dataset, items are ordered by ``sha256("<name>:<index>")`` — a fixed shuffle, so that an early
+chunk is not one category. The order depends only on the datasets and ``chunk_size``. The processor's
+outputs are cached per item across calls (see :class:`objectives.generation.Generator`): after
+``ResidentMerger.apply(recipe)`` changes the weights in place, the same scorer scores the next recipe
+without preprocessing again.
 
 Accuracy of a dataset = correct / scored items; ``mean_accuracy`` = the mean over datasets with scored items.
 """
@@ -159,6 +162,27 @@ def record_for(dataset_name: str, item: Item, response: str) -> ItemRecord:
     )
 
 
+def plan_steps(indices: dict[str, Sequence[str]], chunk_size: int) -> list[tuple[Chunk, ...]]:
+    """The scoring plan of datasets given as ``{name: item indices}`` (see the module docstring): each
+    dataset's items in ``sha256("<name>:<index>")`` order, cut into chunks of ``chunk_size``; step r holds
+    chunk r of every dataset that has one; ``Chunk.number`` counts chunks across steps."""
+    per_dataset: list[list[tuple[str, ...]]] = []
+    names = list(indices)
+    for name in names:
+        idx = sorted(indices[name], key=lambda i: hashlib.sha256(f"{name}:{i}".encode()).digest())
+        per_dataset.append([tuple(idx[i : i + chunk_size]) for i in range(0, len(idx), chunk_size)])
+    steps: list[tuple[Chunk, ...]] = []
+    number = 0
+    for round_no in range(max((len(c) for c in per_dataset), default=0)):
+        step = []
+        for name, chunks in zip(names, per_dataset, strict=True):
+            if round_no < len(chunks):
+                step.append(Chunk(name, chunks[round_no], number))
+                number += 1
+        steps.append(tuple(step))
+    return steps
+
+
 class ProxyScorer:
     """Scores a live model on proxy datasets chunk by chunk (see module docstring).
 
@@ -198,29 +222,22 @@ class ProxyScorer:
                 self.generator.prepare(d.items, d.name)
 
     def _make_chunks(self) -> list[Chunk]:
-        per_dataset: list[list[Chunk]] = []
-        for name, dataset in self.datasets.items():
-            order = sorted(
-                dataset.items, key=lambda it: hashlib.sha256(f"{name}:{it.index}".encode()).digest()
-            )
-            idx = [it.index for it in order]
-            per_dataset.append(
-                [
-                    Chunk(name, tuple(idx[i : i + self.chunk_size]))
-                    for i in range(0, len(idx), self.chunk_size)
-                ]
-            )
-        chunks: list[Chunk] = []
-        for round_no in range(max(len(c) for c in per_dataset)):
-            for dataset_chunks in per_dataset:
-                if round_no < len(dataset_chunks):
-                    c = dataset_chunks[round_no]
-                    chunks.append(Chunk(c.dataset, c.indices, len(chunks)))
-        return chunks
+        self._steps = plan_steps(
+            {name: [it.index for it in d.items] for name, d in self.datasets.items()}, self.chunk_size
+        )
+        return [c for step in self._steps for c in step]
 
     def chunks(self) -> list[Chunk]:
         """All chunks in scoring order (deterministic)."""
         return list(self._chunks)
+
+    def steps(self) -> list[tuple[Chunk, ...]]:
+        """The chunks grouped by round: step r = the r-th chunk of every dataset that has one."""
+        return list(self._steps)
+
+    def run_step(self, step: Sequence[Chunk]) -> list[ItemRecord]:
+        """The records of every chunk of ``step``, in order."""
+        return [r for chunk in step for r in self.run_chunk(chunk)]
 
     def run_chunk(self, chunk: Chunk) -> list[ItemRecord]:
         """Generate and judge the chunk's items with the model's current weights."""

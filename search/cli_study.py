@@ -58,10 +58,10 @@ def run_study(
         f"study {spec.name!r} in {mask_url(spec.storage)}; output in {spec.output_dir}", highlight=False
     )
     summary = coord.run()
-    share = summary.overhead_s / summary.wall_s if summary.wall_s else 0.0
+    idle = summary.worker_idle_s / summary.worker_busy_s if summary.worker_busy_s else 0.0
     console.print(
         f"stopped: {summary.stop_reason}; trials {summary.counts}; this run finished {summary.finished_here} "
-        f"in {summary.wall_s:.0f}s (coordinator overhead {summary.overhead_s:.2f}s, {100 * share:.2f}% of wall)",
+        f"in {summary.wall_s:.0f}s (workers idle between calls {100 * idle:.2f}% of their busy time)",
         highlight=False,
     )
     if summary.best_trial is not None:

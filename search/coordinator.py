@@ -1,9 +1,16 @@
 """The coordinator: the single Optuna writer that feeds Ray workers asynchronously.
 
 Loop: every idle worker gets a new trial at once (``study.ask`` → recipe); each remote call scores one
-proxy chunk; after each chunk the coordinator reports the running objective and asks the pruner; the
-last chunk completes the trial (``study.tell``). ``ray.wait`` returns whichever worker finishes first,
-so there is no generation barrier.
+proxy step (one chunk of every dataset); after each step the coordinator reports the running objective
+and asks the pruner; the last step completes the trial (``study.tell``). ``ray.wait`` returns whichever
+worker finishes first, so there is no generation barrier.
+
+Workers do not wait for bookkeeping. Each worker holds up to two calls: the next step is queued behind
+the running one whenever no pruning decision can come between them (``search.pruners.may_prune``: warm-up
+steps, startup trials, no pruner), and the next trial's first step is queued behind a trial's last step.
+Only a step after which the pruner may act waits for ``report`` + ``should_prune``; telling, user
+attributes and records are written after the worker has its next call. The idle time of every worker
+between two calls is measured on the worker's own clock (``RunSummary.worker_idle_s``).
 
 Reliability:
 
@@ -24,8 +31,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from merge_core.errors import MergesearchError
 from search.progress import ProgressView, Tally
+from search.prune_view import StudyView, local_decision
 from search.resolve import Resolved
 from search.space import SearchSpace
 from search.spec import StudySpec
@@ -57,7 +67,13 @@ class RunningTrial:
     recipe: dict[str, Any]
     recipe_id: str
     label: str
-    k: int = 0
+    k: int = 0  # steps whose results arrived
+    next_k: int = 0  # steps submitted
+    done: bool = False  # told (COMPLETE / PRUNED / FAIL): results still in flight are dropped
+    intermediate: dict[int, float] = field(default_factory=dict)  # running objective after each step
+    system_attrs: dict[str, Any] = field(default_factory=dict)  # what the pruner recorded (rung values)
+    baseline: str | None = None  # a reference point: run in full, whatever the pruner says
+    reported: int = 0  # steps written with trial.report
     records: list[dict[str, Any]] = field(default_factory=list)
     merge_s: float = 0.0
     eval_s: float = 0.0
@@ -67,13 +83,22 @@ class RunningTrial:
 
 @dataclass
 class Slot:
-    """One worker actor and what it is doing."""
+    """One worker actor: the trial it is being fed and its calls in flight, oldest first."""
 
     index: int
     actor: Any
     info: dict[str, Any]
-    running: RunningTrial | None = None
-    ref: Any = None
+    feeding: RunningTrial | None = None
+    inflight: deque[tuple[RunningTrial, int, Any]] = field(default_factory=deque)
+    last_end: float | None = None  # the worker clock at the end of its previous call
+
+    def trials(self) -> list[RunningTrial]:
+        """The distinct unfinished trials this worker holds (in flight or being fed)."""
+        out: list[RunningTrial] = []
+        for r in [e[0] for e in self.inflight] + ([self.feeding] if self.feeding else []):
+            if not r.done and all(r is not o for o in out):
+                out.append(r)
+        return out
 
 
 @dataclass
@@ -90,6 +115,9 @@ class RunSummary:
     trial_s: float
     wall_s: float
     loop_s: float = 0.0  # from the first dispatch to the last result (wall_s minus Ray and model start-up)
+    worker_busy_s: float = 0.0  # sum over calls of their time on the worker
+    worker_idle_s: float = 0.0  # sum over workers of the gaps between consecutive calls (worker clock)
+    loop_cpu_s: float = 0.0  # CPU time of the coordinator process (every thread) during the loop
 
 
 def running_scores(records: list[dict[str, Any]], datasets: tuple[str, ...]) -> dict[str, float]:
@@ -158,7 +186,11 @@ class Coordinator:
         self.tally = Tally(n_trials=spec.n_trials, timeout=spec.timeout)
         self.study: optuna.Study | None = None
         self.slots: list[Slot] = []
-        self._ready: list[RunningTrial] = []  # asked ahead while all workers were busy
+        self._ready: deque[RunningTrial] = deque()  # asked ahead by the asker thread
+        self._ready_cv = threading.Condition()
+        self._asker: threading.Thread | None = None
+        self._asker_stop = False
+        self._asker_error: BaseException | None = None
         self._owns_ray = False
         self._stop: str | None = None
         self._fails_in_row = 0
@@ -167,6 +199,11 @@ class Coordinator:
         self._trial_time = 0.0
         self._last_beat = 0.0
         self._last_scan = 0.0
+        self._n_complete = 0
+        self._last_counted = 0  # COMPLETE + PRUNED + RUNNING at the last count, plus trials asked since
+        self._counted_at = -1e9
+        self._busy = 0.0
+        self._idle = 0.0
 
     # ------------------------------------------------------------------ study bookkeeping (single writer)
 
@@ -179,10 +216,13 @@ class Coordinator:
         others = sum(1 for k in self.study.user_attrs if k.startswith("coordinator/"))
         if prior or others:  # a resumed or second coordinator: fresh draws, still determined by the history
             self.study.sampler = make_sampler(self.spec, salt=prior + 7919 * others)
+        self._view = StudyView(self.study)
+        self._view.refresh(force=True)
         self._beat(force=True)
         self.recover_orphans()
         self._enqueue_baselines()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            self._n_complete += 1
             if "recipe_id" in t.user_attrs:
                 self._cache.setdefault(t.user_attrs["recipe_id"], t)
         return self.study
@@ -214,7 +254,9 @@ class Coordinator:
     def recover_orphans(self) -> list[int]:
         """Fail and re-enqueue RUNNING trials whose coordinator is gone; returns their numbers."""
         assert self.study is not None
-        mine = {s.running.trial.number for s in self.slots if s.running}
+        mine = {r.trial.number for s in self.slots for r in s.trials()} | {
+            r.trial.number for r in self._ready_list()
+        }
         coordinators = self.study.user_attrs
         recovered = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -282,9 +324,13 @@ class Coordinator:
         if self.spec.timeout is not None and time.monotonic() - self.tally.started >= self.spec.timeout:
             self._stop = "timeout"
             return False
-        counted, _ = self._counted()
-        self._last_counted = counted
-        if self.spec.n_trials is not None and counted >= self.spec.n_trials:
+        n = self.spec.n_trials
+        margin = 8 + 2 * len(self.slots)  # more than any coordinator asks between two recounts
+        if n is None or self._last_counted + margin >= n or time.monotonic() - self._counted_at > 1.0:
+            self._last_counted, _ = self._counted()  # a query; far from the budget, once a second is enough
+            self._counted_at = time.monotonic()
+        counted = self._last_counted
+        if n is not None and counted >= n:
             self._stop = "n_trials reached"
             return False
         sampler = self.study.sampler if self.study else None
@@ -297,7 +343,7 @@ class Coordinator:
         """True when lower-numbered counted trials already fill the budget (a race between coordinators)."""
         if self.spec.n_trials is None:
             return False
-        if getattr(self, "_last_counted", 0) + 8 < self.spec.n_trials:
+        if self._last_counted + 8 < self.spec.n_trials:
             return False  # far from the end of the budget: no race can overfill it (skips a query)
         assert self.study is not None
         before = sum(1 for t in self.study.get_trials(deepcopy=False, states=COUNTED) if t.number < number)
@@ -310,6 +356,7 @@ class Coordinator:
         assert self.study is not None
         while self._budget_left():
             trial = self.study.ask()
+            self._last_counted += 1
             trial.set_user_attr("coordinator", self.id)
             if self._surplus(trial.number):
                 self._fail(trial.number, "surplus: another coordinator filled n_trials first")
@@ -335,13 +382,74 @@ class Coordinator:
                         trial.set_user_attr(key, cached.user_attrs[key])
                 trial.set_user_attr("cached_from", cached.number)
                 self.study.tell(trial, cached.values)
+                self._n_complete += 1
                 self.tally.finished_here += 1
                 self.view.event(
                     f"trial {trial.number} COMPLETE {cached.values} (same recipe as trial {cached.number})"
                 )
                 continue
-            return RunningTrial(trial=trial, recipe=recipe, recipe_id=recipe_id, label=label)
+            return RunningTrial(
+                trial=trial, recipe=recipe, recipe_id=recipe_id, label=label, baseline=baseline
+            )
         return None
+
+    # ------------------------------------------------------------------ asking ahead
+
+    def _start_asker(self) -> None:
+        """Ask the next trial in a thread while the workers compute (Optuna's storages and samplers are
+        thread-safe: ``study.optimize(n_jobs=...)`` asks and tells from several threads), so a worker that
+        frees up gets a trial without waiting for the sampler."""
+        self._asker_stop = False
+        self._asker = threading.Thread(target=self._ask_ahead, name="mergesearch-asker", daemon=True)
+        self._asker.start()
+
+    def _ask_ahead(self) -> None:
+        """The asker thread: keeps one trial ready; ends when the budget is spent or it is stopped. It is
+        the only thread that asks while it runs (two concurrent asks could pop the same enqueued trial)."""
+        try:
+            while True:
+                with self._ready_cv:
+                    while self._ready and not self._asker_stop:
+                        self._ready_cv.wait()
+                    if self._asker_stop or self._stop:
+                        return
+                nxt = self._new_trial()
+                if nxt is None:
+                    return
+                with self._ready_cv:
+                    self._ready.append(nxt)
+                    self._ready_cv.notify_all()
+        except BaseException as err:  # surfaced by the main loop, which owns the error handling
+            self._asker_error = err
+        finally:
+            with self._ready_cv:
+                self._ready_cv.notify_all()
+
+    def _stop_asker(self) -> None:
+        with self._ready_cv:
+            self._asker_stop = True
+            self._ready_cv.notify_all()
+        if self._asker is not None:
+            self._asker.join()
+            self._asker = None
+
+    def _ready_list(self) -> list[RunningTrial]:
+        with self._ready_cv:
+            return list(self._ready)
+
+    def _take_next(self) -> RunningTrial | None:
+        """The trial asked ahead (waiting for the asker thread while it runs), else one asked here when no
+        asker runs; None when the budget is spent."""
+        with self._ready_cv:
+            while not self._ready and self._asker is not None and self._asker.is_alive():
+                self._ready_cv.wait(0.05)
+            if self._ready:
+                r = self._ready.popleft()
+                self._ready_cv.notify_all()
+                return r
+        if self._asker is not None or self._stop:  # the asker ended: budget spent, stopped or failed
+            return None
+        return self._new_trial()
 
     # ------------------------------------------------------------------ workers
 
@@ -439,21 +547,58 @@ class Coordinator:
             except ray.exceptions.RayError as err:
                 raise WorkerStartError(f"worker {i} could not start: {_cause(err)}") from None
         self.slots = [Slot(i, a, info) for i, (a, info) in enumerate(zip(actors, infos, strict=True))]
-        self.chunk_plan = infos[0]["chunks"]
+        self.steps = infos[0]["steps"]
         self.datasets = tuple(infos[0]["datasets"])
+        items = sum(n for step in self.steps for _, n in step)
         self.view.event(
             f"{n} worker(s) on {device}: {', '.join(s.info['worker'] for s in self.slots)}; "
-            f"{sum(c[1] for c in self.chunk_plan)} proxy items in {len(self.chunk_plan)} chunks"
+            f"{items} proxy items in {len(self.steps)} steps"
         )
-        if self.spec.pruner.name == "hyperband" and self.study is not None:
+        if self.spec.pruner.name in ("hyperband", "successive_halving") and self.study is not None:
             from search.pruners import make_pruner
 
-            self.study.pruner = make_pruner(self.spec, n_steps=len(self.chunk_plan))
+            self.study.pruner = make_pruner(self.spec, n_steps=len(self.steps))
 
-    def _submit(self, slot: Slot) -> None:
-        r = slot.running
-        assert r is not None
-        slot.ref = slot.actor.run_chunk.remote(r.recipe, r.recipe_id, r.k)
+    # ------------------------------------------------------------------ dispatch
+
+    def _may_prune(self, step: int) -> bool:
+        """Whether the pruner could stop a trial after ``step`` steps (single objective only)."""
+        from search.pruners import may_prune
+
+        if self.spec.multi_objective or step >= len(self.steps):
+            return False
+        assert self.study is not None
+        return may_prune(self.study.pruner, step, self._n_complete)
+
+    def _dispatch(self, slot: Slot, r: RunningTrial) -> None:
+        """Queue ``r``'s next step on ``slot``'s worker."""
+        if r.next_k == 0:
+            r.started = time.perf_counter()
+            r.worker = slot.info["worker"]
+        ref = slot.actor.run_step.remote(r.recipe, r.recipe_id, r.next_k)
+        slot.inflight.append((r, r.next_k, ref))
+        r.next_k += 1
+
+    def _top_up(self, slot: Slot) -> list[RunningTrial]:
+        """Give ``slot``'s worker its next calls (at most two in flight) without waiting for anything that
+        a result could change; returns the trials started here (their ``worker`` attribute is written
+        later, off the workers' critical path)."""
+        started: list[RunningTrial] = []
+        while len(slot.inflight) < 2:
+            r = slot.feeding
+            if r is None or r.done or r.next_k >= len(self.steps):
+                # a new trial: at once on an idle worker, or queued behind a trial's last step
+                if slot.inflight and (slot.inflight[-1][0].done or r is None or r.next_k < len(self.steps)):
+                    return started
+                nxt = self._take_next()  # a trial asked ahead runs even after a stop: it is in the budget
+                if nxt is None:
+                    return started
+                slot.feeding = r = nxt
+                started.append(nxt)
+            elif slot.inflight and self._may_prune(r.next_k):
+                return started  # the pruner decides after the step in flight before the next is sent
+            self._dispatch(slot, r)
+        return started
 
     # ------------------------------------------------------------------ results
 
@@ -464,55 +609,100 @@ class Coordinator:
         if self._fails_in_row >= limit:
             self._stop = f"{self._fails_in_row} trials failed in a row (last: {reason})"
 
-    def _on_result(self, slot: Slot, res: dict[str, Any]) -> None:
-        r = slot.running
-        assert r is not None and self.study is not None
+    def _on_result(self, slot: Slot, r: RunningTrial, k: int, res: dict[str, Any]) -> None:
+        """Step ``k`` of ``r`` is done: decide (prune or not) when the pruner may act, refill the worker,
+        then do the bookkeeping."""
+        assert self.study is not None
         t0 = time.perf_counter()
+        if slot.last_end is not None:
+            self._idle += max(0.0, res["t_start"] - slot.last_end)
+        slot.last_end = res["t_end"]
+        self._busy += res["t_end"] - res["t_start"]
+        if r.done:  # told FAIL while this step was queued: drop it
+            self._tag_started(self._top_up(slot))
+            self._overhead += time.perf_counter() - t0
+            return
         r.records.extend(res["records"])
         r.merge_s += res["merge_s"]
         r.eval_s += res["eval_s"]
         r.worker = res["worker"]
-        r.k += 1
+        r.k = k + 1
         scores = running_scores(r.records, self.datasets)
         values = objective_values(scores, self.spec, self.datasets)
-        last = r.k >= len(self.chunk_plan)
-        if not last and not self.spec.multi_objective:
-            r.trial.report(values[0], r.k)
-            if r.trial.should_prune():
-                self._finish(slot, TrialState.PRUNED, scores, values)
-                self._overhead += time.perf_counter() - t0
-                return
-        if last:
-            self._finish(slot, TrialState.COMPLETE, scores, values)
+        if r.k >= len(self.steps):
+            started = self._top_up(slot)
+            self._finish(r, TrialState.COMPLETE, scores, values)
+        elif r.next_k > r.k:  # the next step is already queued: no decision was possible here
+            started = self._top_up(slot)
+            if not self.spec.multi_objective:
+                self._report(r, values[0])
         else:
-            self._submit(slot)
+            pruned = self._decide(r, values[0])
+            r.done = pruned  # before refilling: a pruned trial's worker moves on to the next trial
+            started = self._top_up(slot)
+            self._report(r, values[0])
+            self._view.flush()  # the pruner's records (rung values), now that the worker has its next call
+            if pruned:
+                self._finish(r, TrialState.PRUNED, scores, values)
+        self._tag_started(started)
         self._overhead += time.perf_counter() - t0
 
-    def _finish(self, slot: Slot, state: TrialState, scores: dict[str, float], values: list[float]) -> None:
-        r = slot.running
-        assert r is not None and self.study is not None
+    def _decide(self, r: RunningTrial, value: float) -> bool:
+        """The pruner's verdict after ``r.k`` steps: from the coordinator's copy of the study where the pruner
+        allows it (``search.prune_view``), else through the store (report first, then ``should_prune``).
+        A baseline is never pruned (it is a reference point), though the pruner records it as usual."""
+        assert self.study is not None
+        r.intermediate[r.k] = value
+        pruner = self.study.pruner
+        if local_decision(pruner):
+            verdict = self._view.decide(
+                pruner, r.trial.number, r.trial._trial_id, r.intermediate, r.system_attrs
+            )
+            self._n_complete = max(self._n_complete, self._view.n_complete)
+        else:
+            self._report(r, value)
+            verdict = r.trial.should_prune()
+        return verdict and r.baseline is None
+
+    def _report(self, r: RunningTrial, value: float) -> None:
+        """``trial.report(value, r.k)`` once per step (Optuna ignores a second report of a step)."""
+        r.intermediate[r.k] = value
+        if r.reported < r.k:
+            r.trial.report(value, r.k)
+            r.reported = r.k
+
+    def _tag_started(self, started: list[RunningTrial]) -> None:
+        for r in started:  # where it runs, while it runs
+            r.trial.set_user_attr("worker", r.worker)
+
+    def _finish(
+        self, r: RunningTrial, state: TrialState, scores: dict[str, float], values: list[float]
+    ) -> None:
+        assert self.study is not None
+        r.done = True
         trial = r.trial
         trial.set_user_attr("scores", {_short(d): v for d, v in scores.items()})
         trial.set_user_attr("n_items", len(r.records))
         trial.set_user_attr("merge_s", round(r.merge_s, 4))
         trial.set_user_attr("eval_s", round(r.eval_s, 4))
-        trial.set_user_attr("worker", r.worker)
         self._write_records(trial.number, r.records)
         if state == TrialState.PRUNED:
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
             self.study.tell(trial, values if self.spec.multi_objective else values[0])
-            self._cache.setdefault(r.recipe_id, self.study._storage.get_trial(trial._trial_id))
+            self._n_complete += 1
+            if r.recipe_id not in self._cache:
+                self._cache[r.recipe_id] = self.study._storage.get_trial(trial._trial_id)
+            if local_decision(self.study.pruner):
+                self._view.refresh(force=True)  # the next decision sees this trial
         self._trial_time += time.perf_counter() - r.started
         self._fails_in_row = 0
         self.tally.finished_here += 1
         shown = ", ".join(f"{v:.4f}" for v in values)
         self.view.event(
-            f"trial {trial.number} {state.name} [{shown}] after {r.k}/{len(self.chunk_plan)} chunks "
+            f"trial {trial.number} {state.name} [{shown}] after {r.k}/{len(self.steps)} steps "
             f"({r.label}; merge {r.merge_s:.1f}s eval {r.eval_s:.1f}s on {r.worker})"
         )
-        slot.running = None
-        slot.ref = None
 
     def _write_records(self, number: int, records: list[dict[str, Any]]) -> None:
         """Per-item records as JSON lines under output_dir/records (written to a temp file, then renamed)."""
@@ -522,24 +712,32 @@ class Coordinator:
         tmp.write_text("".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records), encoding="utf-8")
         os.replace(tmp, out / f"trial_{number}.jsonl")
 
-    def _on_error(self, slot: Slot, err: Exception) -> None:
+    def _on_error(self, slot: Slot, r: RunningTrial, err: Exception) -> None:
         import ray
 
-        r = slot.running
-        assert r is not None and self.study is not None
-        slot.running, slot.ref = None, None
-        self._trial_time += time.perf_counter() - r.started
+        assert self.study is not None
         if isinstance(err, ray.exceptions.RayTaskError):  # the trial raised; the worker lives on
-            reason = f"{_cause(err)}"
-            self._fail(r.trial.number, reason)
-            self._note_fail(r.trial.number, reason)
+            if not r.done:
+                r.done = True
+                self._trial_time += time.perf_counter() - r.started
+                reason = f"{_cause(err)}"
+                self._fail(r.trial.number, reason)
+                self._note_fail(r.trial.number, reason)
+            self._tag_started(self._top_up(slot))
             return
-        # the worker process died (killed, OOM-killed, crashed): fail, retry the trial, restart the worker
+        # the worker process died (killed, OOM-killed, crashed): fail and retry every trial it held,
+        # restart the worker
+        lost = ([r] if not r.done else []) + [t for t in slot.trials() if t is not r]
+        slot.inflight.clear()
+        slot.feeding, slot.last_end = None, None
         reason = f"worker {slot.info.get('worker')} died during the trial: {type(err).__name__}"
-        frozen = self.study._storage.get_trial(r.trial._trial_id)
-        if self._fail(r.trial.number, reason):
-            self._requeue(frozen, "worker died")
-        self._note_fail(r.trial.number, reason)
+        for t in lost:
+            t.done = True
+            self._trial_time += time.perf_counter() - t.started
+            frozen = self.study._storage.get_trial(t.trial._trial_id)
+            if self._fail(t.trial.number, reason):
+                self._requeue(frozen, "worker died")
+            self._note_fail(t.trial.number, reason)
         new = self._spawn(slot.index)
         slot.actor, slot.info = new.actor, new.info
         self.view.event(f"worker {slot.index} restarted as {slot.info['worker']}")
@@ -554,6 +752,7 @@ class Coordinator:
         _, counts = self._counted()
         t = self.tally
         t.complete, t.pruned = counts.get("COMPLETE", 0), counts.get("PRUNED", 0)
+        self._n_complete = max(self._n_complete, t.complete)  # other coordinators' trials count too
         t.failed, t.running, t.waiting = (
             counts.get("FAIL", 0),
             counts.get("RUNNING", 0),
@@ -574,10 +773,11 @@ class Coordinator:
             self._start_ray()
             try:
                 self._start_workers()
-                loop0 = time.perf_counter()
+                loop0, cpu0 = time.perf_counter(), time.process_time()
                 with self.view:
                     self._loop()
                 self._loop_s = time.perf_counter() - loop0
+                self._loop_cpu_s = time.process_time() - cpu0
             finally:
                 self._shutdown()
         else:
@@ -598,41 +798,39 @@ class Coordinator:
             trial_s=self._trial_time,
             wall_s=time.perf_counter() - wall0,
             loop_s=getattr(self, "_loop_s", 0.0),
+            worker_busy_s=self._busy,
+            worker_idle_s=self._idle,
+            loop_cpu_s=getattr(self, "_loop_cpu_s", 0.0),
         )
 
     def _loop(self) -> None:
         import ray
 
+        self._start_asker()
         while True:
             t0 = time.perf_counter()
             for slot in self.slots:
-                if slot.running is None:
-                    nxt = self._ready.pop(0) if self._ready else (None if self._stop else self._new_trial())
-                    if nxt is None:
-                        break
-                    slot.running = nxt
-                    nxt.started = time.perf_counter()
-                    nxt.trial.set_user_attr("worker", slot.info["worker"])  # where it runs, while it runs
-                    self._submit(slot)
-            if not self._ready and not self._stop and all(s.running for s in self.slots):
-                # ask for the next trial while every worker is busy, so a worker that frees up starts at once
-                nxt = self._new_trial()
-                if nxt is not None:
-                    self._ready.append(nxt)
+                self._tag_started(self._top_up(slot))
             self._overhead += time.perf_counter() - t0
-            busy = {s.ref: s for s in self.slots if s.ref is not None}
-            if not busy and not self._ready:
+            if self._asker_error is not None:
+                raise self._asker_error
+            heads = {s.inflight[0][2]: s for s in self.slots if s.inflight}
+            if not heads:
+                self._stop_asker()  # it may still be adding a trial: run that one before ending
+                if self._ready_list():
+                    continue
                 self._refresh_tally(force=True)
                 break
-            ready, _ = ray.wait(list(busy), num_returns=1, timeout=1.0)
+            ready, _ = ray.wait(list(heads), num_returns=1, timeout=1.0)
             for ref in ready:
-                slot = busy[ref]
+                slot = heads[ref]
+                r, k, _ = slot.inflight.popleft()
                 try:
                     res = ray.get(ref)
                 except ray.exceptions.RayError as err:
-                    self._on_error(slot, err)
+                    self._on_error(slot, r, err)
                     continue
-                self._on_result(slot, res)
+                self._on_result(slot, r, k, res)
             t1 = time.perf_counter()
             self._beat()
             if time.time() - self._last_scan > max(self.grace_s / 2, 5.0):
@@ -645,14 +843,19 @@ class Coordinator:
         import ray
 
         if self.study is not None:
-            pending = [s.running for s in self.slots if s.running is not None] + self._ready
+            self._stop_asker()
+            pending = [t for s in self.slots for t in s.trials()] + [
+                r for r in self._ready_list() if not r.done
+            ]
             for r in pending:
+                r.done = True
                 frozen = self.study._storage.get_trial(r.trial._trial_id)
                 if self._fail(r.trial.number, "interrupted: the coordinator stopped"):
                     self._requeue(frozen, "interrupted")
             for slot in self.slots:
-                slot.running = None
-            self._ready = []
+                slot.inflight.clear()
+                slot.feeding = None
+            self._ready.clear()
             try:
                 self.study.set_user_attr(
                     f"coordinator/{self.id}",

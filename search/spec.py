@@ -30,7 +30,7 @@ Layout (all tables optional except ``[models]`` and ``[objectives]``)::
 
     [space]  ... see :mod:`search.space`
     [sampler] name = "tpe"; seed = 0; options = {...}
-    [pruner] name = "median"; options = {...}
+    [pruner] name = "successive_halving"; options = {...}   (see search/pruners.py)
     [promotion] top_k = 1; backend = "builtin"; datasets = [...]
     [[baselines]] name = "vlm_alone"; method = "linear"; weight = 0.0
 """
@@ -51,7 +51,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from merge_core.errors import MergesearchError
 
 SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "random", "grid")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
 MODES = ("weighted", "multi")
 METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "layer_swap")
 COMPONENTS = ("attention", "mlp", "norm", "embed", "lm_head")
@@ -173,7 +173,7 @@ class SamplerSpec:
 
 @dataclass(frozen=True)
 class PrunerSpec:
-    name: str = "median"
+    name: str = "successive_halving"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -576,7 +576,8 @@ def spec_from_dict(data: dict[str, Any], *, src: str = "<study>", base_dir: Path
     st.finish()
     pt = root.table("pruner")
     pruner = PrunerSpec(
-        name=pt.str_("name", "median", PRUNERS) or "median", options=dict(pt.get("options", {}) or {})
+        name=pt.str_("name", "successive_halving", PRUNERS) or "successive_halving",
+        options=dict(pt.get("options", {}) or {}),
     )
     pt.finish()
     if objectives.mode == "multi" and pruner.name != "none":

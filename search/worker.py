@@ -1,9 +1,11 @@
-"""The trial worker: keeps the models resident and scores one proxy chunk per call.
+"""The trial worker: keeps the models resident and scores one proxy step per call.
 
 A worker loads the VLM (``merge_core.ResidentMerger``), the processor and the proxy datasets once. Each
-``run_chunk(recipe, k)`` call merges the recipe in memory if it is not the one already applied (the first
-chunk of a trial), then scores chunk k with ``objectives.scorer.ProxyScorer`` and returns the per-item
-records. One call per chunk keeps the pruning decision with the coordinator (the single Optuna writer).
+``run_step(recipe, recipe_id, k)`` call merges the recipe in memory if it is not the one already applied
+(the first step of a trial), then scores step k of ``objectives.scorer.ProxyScorer`` (one chunk of every
+dataset) and returns the per-item records. One call per step keeps the pruning decision with the
+coordinator (the single Optuna writer). Each result carries the call's start and end on the worker's own
+clock, so the coordinator can measure how long a worker sat idle between two calls.
 
 :class:`TrialWorker` is a plain class (usable in-process); :func:`remote_worker_class` wraps it as a Ray
 actor — one per GPU (``num_gpus=1``) or one per CPU core (``num_cpus=1``, one torch thread each).
@@ -49,12 +51,11 @@ class TrialWorker:
         import torch
 
         torch.set_num_threads(max(1, cfg.threads))
-        from objectives.generation import GenerationConfig
-        from objectives.scorer import ProxyScorer
-
         from merge_core import ResidentMerger
         from objectives.datasets import load_dataset
+        from objectives.generation import GenerationConfig
         from objectives.processing import load_processor, register_image_only_processors
+        from objectives.scorer import ProxyScorer
 
         register_image_only_processors()
         dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
@@ -82,27 +83,30 @@ class TrialWorker:
             chunk_size=cfg.chunk_size,
             generation=GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size),
         )
-        self.chunks = self.scorer.chunks()
+        self.steps = self.scorer.steps()
         self.applied: str | None = None
         self.label = f"{socket.gethostname()}:{os.getpid()}/{cfg.device}"
         self.load_s = time.perf_counter() - t0
 
     def info(self) -> dict[str, Any]:
-        """Host, pid, device, load time, and the chunk plan (dataset and size of each chunk)."""
+        """Host, pid, device, load time, and the step plan: per step, [dataset, items] of each chunk."""
         return {
             "worker": self.label,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "device": self.cfg.device,
             "load_s": self.load_s,
-            "chunks": [[c.dataset, len(c.indices)] for c in self.chunks],
+            "steps": [[[c.dataset, len(c.indices)] for c in step] for step in self.steps],
             "datasets": {d.name: len(d.items) for d in self.datasets},
         }
 
-    def run_chunk(self, recipe: dict[str, Any], recipe_id: str, k: int) -> dict[str, Any]:
-        """Merge ``recipe`` unless already applied, score chunk ``k``; records are JSON-ready dicts."""
+    def run_step(self, recipe: dict[str, Any], recipe_id: str, k: int) -> dict[str, Any]:
+        """Merge ``recipe`` unless already applied, score step ``k``; records are JSON-ready dicts.
+
+        ``t_start`` / ``t_end``: ``time.time()`` on this worker when the call began and ended."""
         from merge_core import Recipe
 
+        t_start = time.time()
         merge_s = 0.0
         if self.applied != recipe_id:
             self.applied = None  # a failed apply must not leave a half-merged model marked as applied
@@ -111,13 +115,15 @@ class TrialWorker:
             merge_s = time.perf_counter() - t0
             self.applied = recipe_id
         t0 = time.perf_counter()
-        records = self.scorer.run_chunk(self.chunks[k])
+        records = self.scorer.run_step(self.steps[k])
         eval_s = time.perf_counter() - t0
         return {
             "records": [dataclasses.asdict(r) for r in records],
             "merge_s": merge_s,
             "eval_s": eval_s,
             "worker": self.label,
+            "t_start": t_start,
+            "t_end": time.time(),
         }
 
     def ping(self) -> str:

@@ -1,0 +1,217 @@
+"""The coordinator's dispatch rules with a recording stand-in for the Ray actor (no Ray, real Optuna study).
+
+A worker holds at most two calls; the next step is queued before the previous result only where no
+pruning decision can come between them, so a pruned trial never costs a step it did not need.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.coordinator import Coordinator, Slot
+from search.resolve import Resolved
+from search.spec import spec_from_dict
+
+RES = Resolved("/m/vlm", "/m/llm", "/m/base", ("A", "B"), None)
+STEPS = 4
+
+
+class _RunStep:
+    def __init__(self, calls: list[tuple[int, int]], numbers: dict[str, int]) -> None:
+        self.calls, self.numbers = calls, numbers
+
+    def remote(self, recipe: dict, recipe_id: str, k: int) -> str:
+        self.calls.append((self.numbers[recipe_id], k))
+        return f"ref-{len(self.calls)}"
+
+
+class FakeActor:
+    """Records ``run_step.remote`` calls as (trial number, step)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.numbers: dict[str, int] = {}
+        self.run_step = _RunStep(self.calls, self.numbers)
+
+
+def _coordinator(
+    tmp_path, pruner: dict, n_trials: int = 3, baselines: list | None = None
+) -> tuple[Coordinator, Slot, FakeActor]:
+    spec = spec_from_dict(
+        {
+            "name": "dispatch",
+            "storage": f"sqlite:///{tmp_path}/s.db",
+            "output_dir": str(tmp_path / "out"),
+            "n_trials": n_trials,
+            "models": {"vlm": "org/vlm", "llm": "org/llm", "base": "org/base"},
+            "objectives": {"datasets": ["A", "B"]},
+            "space": {"methods": ["task_arithmetic"]},
+            "pruner": pruner,
+            "baselines": baselines or [],
+        }
+    )
+    c = Coordinator(spec, RES, live=False)
+    c.open()
+    actor = FakeActor()
+    slot = Slot(0, actor, {"worker": "fake"})
+    c.slots, c.steps, c.datasets = [slot], [[["A", 2], ["B", 2]]] * STEPS, ("A", "B")
+    real_new = c._new_trial
+
+    def new_trial():  # remember which trial each recipe id belongs to, for readable call logs
+        r = real_new()
+        if r is not None:
+            actor.numbers[r.recipe_id] = r.trial.number
+        return r
+
+    c._new_trial = new_trial  # type: ignore[method-assign]
+    return c, slot, actor
+
+
+def _result(correct: bool, t_start: float, t_end: float) -> dict:
+    recs = [{"dataset": d, "correct": correct} for d in ("A", "A", "B", "B")]
+    return {
+        "records": recs,
+        "merge_s": 0.0,
+        "eval_s": 0.1,
+        "worker": "fake",
+        "t_start": t_start,
+        "t_end": t_end,
+    }
+
+
+def _deliver(c: Coordinator, slot: Slot, correct: bool, t: list[float]) -> tuple[int, int]:
+    """The oldest call in flight returns; ``t`` is the worker clock, advanced by 1 s per call, with a 0.01 s
+    gap before each call."""
+    r, k, _ = slot.inflight.popleft()
+    t[0] += 0.01
+    start = t[0]
+    t[0] += 1.0
+    c._on_result(slot, r, k, _result(correct, start, t[0]))
+    return r.trial.number, k
+
+
+def test_without_pruner_steps_and_next_trial_queue_behind_the_running_call(tmp_path):
+    c, slot, actor = _coordinator(tmp_path, {"name": "none"}, n_trials=2)
+    c._top_up(slot)
+    assert actor.calls == [(0, 0), (0, 1)]  # the second step waits on the worker, not on the coordinator
+    clock = [0.0]
+    for _ in range(3):
+        _deliver(c, slot, True, clock)
+    assert actor.calls[-2:] == [(0, 3), (1, 0)]  # the last step of trial 0, then trial 1's first behind it
+    while slot.inflight:
+        _deliver(c, slot, True, clock)
+    assert actor.calls == [(0, k) for k in range(STEPS)] + [(1, k) for k in range(STEPS)]
+    trials = c.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert all(t.value == 1.0 and t.user_attrs["n_items"] == 4 * STEPS for t in trials)
+    assert all(t.intermediate_values == {k: 1.0 for k in range(1, STEPS)} for t in trials)
+    # 8 calls, 7 gaps of 0.01 s between them on the worker's clock
+    assert c._idle == pytest.approx(7 * 0.01) and c._busy == pytest.approx(8.0)
+
+
+def test_pruning_points_wait_for_the_decision_and_waste_no_step(tmp_path):
+    pruner = {"name": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 2}}
+    c, slot, actor = _coordinator(tmp_path, pruner, n_trials=3)
+    c._top_up(slot)
+    clock = [0.0]
+    while c._n_complete == 0:  # trial 0 runs in full: nothing complete yet, so nothing can be pruned
+        _deliver(c, slot, True, clock)
+    assert actor.calls[:STEPS] == [(0, k) for k in range(STEPS)]
+    # trial 1 (all wrong): step 1 is queued at once (no decision before 2 steps of warm-up), step 2 only
+    # after the report of step 2 ... which prunes it: its steps 2 and 3 are never sent
+    assert slot.inflight[0][0].trial.number == 1
+    calls_before = len(actor.calls)
+    assert _deliver(c, slot, False, clock) == (1, 0)
+    assert actor.calls[calls_before:] == []  # step 1 was already queued; step 2 waits for the decision
+    assert _deliver(c, slot, False, clock) == (1, 1)
+    t1 = c.study.trials[1]
+    assert t1.state == TrialState.PRUNED and t1.user_attrs["n_items"] == 8
+    assert (1, 2) not in actor.calls and actor.calls[-2:] == [(2, 0), (2, 1)]  # the worker moved on at once
+
+
+def test_a_baseline_runs_in_full_whatever_the_pruner_says(tmp_path):
+    pruner = {"name": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 1}}
+    baselines = [
+        {"name": "llm_lm", "method": "linear", "weight": 1.0},
+        {"name": "vlm_alone", "method": "linear", "weight": 0.0},
+    ]
+    c, slot, actor = _coordinator(tmp_path, pruner, n_trials=3, baselines=baselines)
+    c._top_up(slot)
+    clock = [0.0]
+    while c._n_complete == 0:
+        _deliver(c, slot, True, clock)  # baseline llm_lm: all right
+    while c._n_complete == 1:
+        _deliver(c, slot, False, clock)  # baseline vlm_alone: all wrong, below the median at every step
+    t1 = c.study.trials[1]
+    assert t1.user_attrs["baseline"] == "vlm_alone" and t1.state == TrialState.COMPLETE
+    assert t1.value == 0.0 and t1.user_attrs["n_items"] == 4 * STEPS
+    while c.study.trials[2].state == TrialState.RUNNING:
+        _deliver(c, slot, False, clock)  # a sampled trial as bad as that baseline is pruned at step 1
+    assert c.study.trials[2].state == TrialState.PRUNED and c.study.trials[2].user_attrs["n_items"] == 4
+
+
+def test_a_trial_that_raises_fails_and_its_queued_step_is_dropped(tmp_path):
+    ray = pytest.importorskip("ray")
+    c, slot, actor = _coordinator(tmp_path, {"name": "none"}, n_trials=2)
+    c._top_up(slot)
+    r, k, _ = slot.inflight.popleft()
+    err = ray.exceptions.RayTaskError("run_step", "traceback", RuntimeError("CUDA out of memory"))
+    c._on_error(slot, r, err)
+    t0 = c.study.trials[0]
+    assert t0.state == TrialState.FAIL and "CUDA out of memory" in t0.user_attrs["fail_reason"]
+    assert [(e[0].trial.number, e[1]) for e in slot.inflight] == [(0, 1)]  # already on the worker
+    _deliver(c, slot, True, [0.0])  # its result is dropped; trial 1 starts
+    assert c.study.trials[0].state == TrialState.FAIL and not c.study.trials[0].intermediate_values
+    assert actor.calls[-2:] == [(1, 0), (1, 1)]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+        lambda: optuna.pruners.MedianPruner(n_startup_trials=0, n_warmup_steps=2, interval_steps=2),
+        lambda: optuna.pruners.PercentilePruner(75.0, n_startup_trials=1, n_warmup_steps=1, n_min_trials=2),
+        lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=2, reduction_factor=3),
+        lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+    ],
+    ids=["median", "median-interval", "percentile", "asha-2-3", "asha-1-2"],
+)
+def test_decisions_from_the_view_equal_optunas_own(make):
+    """Twin studies see the same 200 random trials: one decides with trial.should_prune, the other with
+    search.prune_view (writes flushed after each decision, as the coordinator does); every verdict and
+    every stored rung record must agree."""
+    import random
+
+    from search.prune_view import StudyView, local_decision
+
+    rng = random.Random(0)
+    ref = optuna.create_study(direction="maximize", pruner=make())
+    twin = optuna.create_study(direction="maximize", pruner=make())
+    assert local_decision(twin.pruner)
+    view = StudyView(twin, max_age_s=0.0)
+    decisions = pruned = 0
+    for _ in range(200):
+        a, b = ref.ask(), twin.ask()
+        level = rng.random()
+        attrs: dict = {}
+        values: dict[int, float] = {}
+        for step in range(1, 8):
+            values[step] = min(1.0, max(0.0, level + rng.gauss(0, 0.1)))
+            a.report(values[step], step)
+            mine = view.decide(twin.pruner, b.number, b._trial_id, values, attrs)
+            b.report(values[step], step)
+            view.flush()
+            assert mine == a.should_prune(), (a.number, step)
+            decisions += 1
+            if mine:
+                pruned += 1
+                ref.tell(a, state=optuna.trial.TrialState.PRUNED)
+                twin.tell(b, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            ref.tell(a, values[7])
+            twin.tell(b, values[7])
+        assert twin.trials[-1].system_attrs == ref.trials[-1].system_attrs == attrs
+    assert pruned > 20 and decisions - pruned > 50  # both verdicts, many times

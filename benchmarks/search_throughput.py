@@ -17,7 +17,7 @@ steps, the cleanest measure of scaling). Prints, per run:
 Then the 2-vs-1 ratio. Targets (issue #6 §8): coordinator overhead < 2% of trial time; 2 workers >= 1.7x
 the trials per hour of 1.
 
-    .venv/bin/python benchmarks/search_throughput.py [--trials 16] [--study studies/toy.toml]
+    .venv/bin/python benchmarks/search_throughput.py [--trials 32] [--study studies/toy.toml]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def run_once(study: str, workers: int, trials: int, tmp: Path, pruner: str | Non
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", default="studies/toy.toml")
-    p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--trials", type=int, default=32)
     a = p.parse_args()
     rows = {}
     with tempfile.TemporaryDirectory() as d:

@@ -194,7 +194,7 @@ class Coordinator:
         self._owns_ray = False
         self._stop: str | None = None
         self._fails_in_row = 0
-        self._cache: dict[str, FrozenTrial] = {}
+        self._cache: dict[str, FrozenTrial | int] = {}  # recipe id → its COMPLETE trial (or trial id)
         self._overhead = 0.0
         self._trial_time = 0.0
         self._last_beat = 0.0
@@ -325,12 +325,13 @@ class Coordinator:
             self._stop = "timeout"
             return False
         n = self.spec.n_trials
-        margin = 8 + 2 * len(self.slots)  # more than any coordinator asks between two recounts
-        if n is None or self._last_counted + margin >= n or time.monotonic() - self._counted_at > 1.0:
-            self._last_counted, _ = self._counted()  # a query; far from the budget, once a second is enough
+        # the count is a query: this coordinator's own asks keep the estimate current, other coordinators'
+        # trials are read at least once a second, and a budget that looks spent is always counted again
+        # (a failed trial frees its place); a race at the very end is settled by _surplus
+        if n is not None and (self._last_counted >= n or time.monotonic() - self._counted_at > 1.0):
+            self._last_counted, _ = self._counted()
             self._counted_at = time.monotonic()
-        counted = self._last_counted
-        if n is not None and counted >= n:
+        if n is not None and self._last_counted >= n:
             self._stop = "n_trials reached"
             return False
         sampler = self.study.sampler if self.study else None
@@ -346,8 +347,9 @@ class Coordinator:
         if self._last_counted + 8 < self.spec.n_trials:
             return False  # far from the end of the budget: no race can overfill it (skips a query)
         assert self.study is not None
-        before = sum(1 for t in self.study.get_trials(deepcopy=False, states=COUNTED) if t.number < number)
-        return before >= self.spec.n_trials
+        counted = self.study.get_trials(deepcopy=False, states=COUNTED)
+        self._last_counted, self._counted_at = len(counted), time.monotonic()  # a fresh count, for free
+        return sum(1 for t in counted if t.number < number) >= self.spec.n_trials
 
     def _new_trial(self) -> RunningTrial | None:
         """Ask for the next trial and turn it into a validated recipe; None when the budget is spent."""
@@ -376,6 +378,8 @@ class Coordinator:
             trial.set_user_attr("recipe_id", recipe_id)
             label = baseline or _describe(recipe)
             cached = self._cache.get(recipe_id)
+            if isinstance(cached, int):
+                cached = self._cache[recipe_id] = self.study._storage.get_trial(cached)
             if cached is not None:  # same recipe already scored: the result is deterministic, reuse it
                 for key in ("scores", "merge_s", "eval_s", "worker", "n_items"):
                     if key in cached.user_attrs:
@@ -634,7 +638,8 @@ class Coordinator:
             self._finish(r, TrialState.COMPLETE, scores, values)
         elif r.next_k > r.k:  # the next step is already queued: no decision was possible here
             started = self._top_up(slot)
-            if not self.spec.multi_objective:
+            r.intermediate[r.k] = values[0]
+            if not self.spec.multi_objective and self._report_here(r.k):
                 self._report(r, values[0])
         else:
             pruned = self._decide(r, values[0])
@@ -664,6 +669,12 @@ class Coordinator:
             verdict = r.trial.should_prune()
         return verdict and r.baseline is None
 
+    def _report_here(self, step: int) -> bool:
+        from search.pruners import reports_step
+
+        assert self.study is not None
+        return reports_step(self.study.pruner, step, self._n_complete)
+
     def _report(self, r: RunningTrial, value: float) -> None:
         """``trial.report(value, r.k)`` once per step (Optuna ignores a second report of a step)."""
         r.intermediate[r.k] = value
@@ -691,10 +702,9 @@ class Coordinator:
         else:
             self.study.tell(trial, values if self.spec.multi_objective else values[0])
             self._n_complete += 1
-            if r.recipe_id not in self._cache:
-                self._cache[r.recipe_id] = self.study._storage.get_trial(trial._trial_id)
-            if local_decision(self.study.pruner):
-                self._view.refresh(force=True)  # the next decision sees this trial
+            self._cache.setdefault(r.recipe_id, trial._trial_id)  # read back only if the recipe comes again
+            if isinstance(self.study.pruner, optuna.pruners.PercentilePruner):
+                self._view.refresh(force=True)  # the next decision compares with this trial
         self._trial_time += time.perf_counter() - r.started
         self._fails_in_row = 0
         self.tally.finished_here += 1

@@ -124,3 +124,21 @@ def may_prune(pruner: optuna.pruners.BasePruner, step: int, n_complete: int) -> 
             rung_step *= pruner._reduction_factor
         return rung_step == step
     return True
+
+
+def reports_step(pruner: optuna.pruners.BasePruner, step: int, n_complete: int) -> bool:
+    """Whether the coordinator writes ``trial.report`` after ``step`` (one SQL write each) when no
+    decision is due there: what a later decision or Optuna's samplers read back from the store.
+
+    No pruner: nothing (the full per-item records are on disk). Successive halving: only its rung steps,
+    where it decides (it compares rung values it records itself, and TPE ranks a pruned trial by the
+    value of the step it stopped at). Every other pruner: every step (percentile pruners compare other
+    trials' values at each step, whichever steps those trials were decided at).
+    """
+    import optuna
+
+    if isinstance(pruner, optuna.pruners.NopPruner):
+        return False
+    if isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner):
+        return may_prune(pruner, step, n_complete)
+    return True

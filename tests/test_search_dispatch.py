@@ -106,7 +106,7 @@ def test_without_pruner_steps_and_next_trial_queue_behind_the_running_call(tmp_p
     trials = c.study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert all(t.value == 1.0 and t.user_attrs["n_items"] == 4 * STEPS for t in trials)
-    assert all(t.intermediate_values == {k: 1.0 for k in range(1, STEPS)} for t in trials)
+    assert all(t.intermediate_values == {} for t in trials)  # nothing reads them without a pruner
     # 8 calls, 7 gaps of 0.01 s between them on the worker's clock
     assert c._idle == pytest.approx(7 * 0.01) and c._busy == pytest.approx(8.0)
 
@@ -119,6 +119,8 @@ def test_pruning_points_wait_for_the_decision_and_waste_no_step(tmp_path):
     while c._n_complete == 0:  # trial 0 runs in full: nothing complete yet, so nothing can be pruned
         _deliver(c, slot, True, clock)
     assert actor.calls[:STEPS] == [(0, k) for k in range(STEPS)]
+    # a median pruner compares other trials' values at every step: all reported
+    assert c.study.trials[0].intermediate_values == {k: 1.0 for k in range(1, STEPS)}
     # trial 1 (all wrong): step 1 is queued at once (no decision before 2 steps of warm-up), step 2 only
     # after the report of step 2 ... which prunes it: its steps 2 and 3 are never sent
     assert slot.inflight[0][0].trial.number == 1

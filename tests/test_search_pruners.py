@@ -80,10 +80,13 @@ def test_may_prune_other_pruners():
 
 
 def test_make_pruner_defaults():
-    default = make_pruner(_spec())  # [pruner] absent: median with the product's defaults
-    assert type(default) is optuna.pruners.MedianPruner
-    assert (default._n_startup_trials, default._n_warmup_steps, default._interval_steps) == (3, 1, 1)
-    assert default._percentile == 50.0
+    default = make_pruner(_spec(), n_steps=8)  # [pruner] absent: successive halving, rungs at 1/4 and 3/4
+    assert type(default) is optuna.pruners.SuccessiveHalvingPruner
+    assert (default._min_resource, default._reduction_factor) == (2, 3)
+    med = make_pruner(_spec({"name": "median"}))
+    assert type(med) is optuna.pruners.MedianPruner
+    assert (med._n_startup_trials, med._n_warmup_steps, med._interval_steps) == (3, 1, 1)
+    assert med._percentile == 50.0
     pct = make_pruner(_spec({"name": "percentile"}))
     assert type(pct) is optuna.pruners.PercentilePruner
     assert (pct._percentile, pct._n_startup_trials, pct._n_warmup_steps) == (25.0, 3, 2)
@@ -174,3 +177,13 @@ def test_may_prune_agrees_with_successive_halving(kw):
         study.tell(trial, values[-1] if state == TrialState.COMPLETE else None, state=state)
     assert decided and undecided
     assert len(study.get_trials(states=(TrialState.PRUNED,))) >= 1
+
+
+def test_reports_step_writes_what_a_later_decision_reads():
+    from search.pruners import reports_step
+
+    sha = make_pruner(_spec({"name": "successive_halving"}), n_steps=8)
+    assert [s for s in range(1, 8) if reports_step(sha, s, 5)] == [2, 6]  # its rungs only
+    med = make_pruner(_spec({"name": "median"}))
+    assert all(reports_step(med, s, 0) for s in range(1, 8))  # even before it decides anything
+    assert not any(reports_step(make_pruner(_spec({"name": "none"})), s, 9) for s in range(1, 8))

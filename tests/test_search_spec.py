@@ -202,7 +202,7 @@ def test_samplers_and_pruners_build():
         assert isinstance(make_sampler(spec_from_dict(_study(sampler={"name": name}))), cls)
     cm = spec_from_dict(_study(sampler={"name": "cmaes"}))
     assert isinstance(make_sampler(cm), optuna.samplers.CmaEsSampler)
-    assert isinstance(make_pruner(spec_from_dict(_study())), optuna.pruners.MedianPruner)
+    assert isinstance(make_pruner(spec_from_dict(_study())), optuna.pruners.SuccessiveHalvingPruner)
     hb = make_pruner(spec_from_dict(_study(pruner={"name": "hyperband"})), n_steps=8)
     assert isinstance(hb, optuna.pruners.HyperbandPruner)
     with pytest.raises(StudySpecError, match="sampler.options"):

@@ -176,7 +176,10 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="sampler seeds")
     p.add_argument("--max-trials", type=int, default=150)
     p.add_argument(
-        "--chunk-size", type=int, default=None, help="items per dataset per step (default: the landscape's)"
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="items per dataset per step (default: studies/toy.toml's)",
     )
     p.add_argument(
         "--pruner",
@@ -197,7 +200,13 @@ def main() -> int:
     p.add_argument("--out", default="benchmarks/results")
     a = p.parse_args()
     land = load_or_build(a.out, a.size, a.seed)
-    chunk_size = a.chunk_size or land["chunk_size"]
+    if a.chunk_size is None:
+        from search.spec import load_spec
+
+        a.chunk_size = load_spec(
+            Path(__file__).resolve().parents[1] / "studies" / "toy.toml"
+        ).objectives.chunk_size
+    chunk_size = a.chunk_size
     replays = replays_for(land, chunk_size)
     n_steps = len(next(iter(replays.values())))
     per_trial = sum(n for n, _ in next(iter(replays.values())))

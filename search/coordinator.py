@@ -5,9 +5,10 @@ proxy step (one chunk of every dataset); after each step the coordinator reports
 and asks the pruner; the last step completes the trial (``study.tell``). ``ray.wait`` returns whichever
 worker finishes first, so there is no generation barrier.
 
-Workers do not wait for bookkeeping. Each worker holds up to two calls: the next step is queued behind
-the running one whenever no pruning decision can come between them (``search.pruners.may_prune``: warm-up
-steps, startup trials, no pruner), and the next trial's first step is queued behind a trial's last step.
+Workers do not wait for bookkeeping. Each worker holds up to ``PIPELINE`` calls: the next steps are
+queued behind the running one whenever no pruning decision can come between them
+(``search.pruners.may_prune``: warm-up steps, startup trials, steps between rungs, no pruner), and the
+next trial's first steps are queued behind a trial's last step.
 Only a step after which the pruner may act waits for ``report`` + ``should_prune``; telling, user
 attributes and records are written after the worker has its next call. The idle time of every worker
 between two calls is measured on the worker's own clock (``RunSummary.worker_idle_s``).
@@ -52,6 +53,9 @@ from search.storage import open_study
 from search.worker import WorkerConfig, remote_worker_class
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+# calls queued on a worker at most: the one it runs and two behind it, so a result the coordinator
+# handles late (it shares the CPU with the workers on a small host) still finds the next step waiting
+PIPELINE = 3
 RESERVED_ATTRS = ("baseline", "recipe")  # a baseline's trial carries its recipe; sampled ones derive it
 
 
@@ -408,12 +412,12 @@ class Coordinator:
         self._asker.start()
 
     def _ask_ahead(self) -> None:
-        """The asker thread: keeps one trial ready; ends when the budget is spent or it is stopped. It is
+        """The asker thread: keeps one trial ready per worker (two that free up together both start at once); ends when the budget is spent or it is stopped. It is
         the only thread that asks while it runs (two concurrent asks could pop the same enqueued trial)."""
         try:
             while True:
                 with self._ready_cv:
-                    while self._ready and not self._asker_stop:
+                    while len(self._ready) >= max(1, len(self.slots)) and not self._asker_stop:
                         self._ready_cv.wait()
                     if self._asker_stop or self._stop:
                         return
@@ -441,17 +445,17 @@ class Coordinator:
         with self._ready_cv:
             return list(self._ready)
 
-    def _take_next(self) -> RunningTrial | None:
-        """The trial asked ahead (waiting for the asker thread while it runs), else one asked here when no
-        asker runs; None when the budget is spent."""
+    def _take_next(self, wait: bool = True) -> RunningTrial | None:
+        """The trial asked ahead (waiting for the asker thread while it runs, if ``wait``), else one asked
+        here when no asker runs; None when the budget is spent, or nothing is ready and not ``wait``."""
         with self._ready_cv:
-            while not self._ready and self._asker is not None and self._asker.is_alive():
+            while wait and not self._ready and self._asker is not None and self._asker.is_alive():
                 self._ready_cv.wait(0.05)
             if self._ready:
                 r = self._ready.popleft()
                 self._ready_cv.notify_all()
                 return r
-        if self._asker is not None or self._stop:  # the asker ended: budget spent, stopped or failed
+        if self._asker is not None or self._stop:  # the asker runs or ended (budget spent, stopped, failed)
             return None
         return self._new_trial()
 
@@ -584,17 +588,19 @@ class Coordinator:
         r.next_k += 1
 
     def _top_up(self, slot: Slot) -> list[RunningTrial]:
-        """Give ``slot``'s worker its next calls (at most two in flight) without waiting for anything that
+        """Give ``slot``'s worker its next calls (at most ``PIPELINE`` in flight) without waiting for anything that
         a result could change; returns the trials started here (their ``worker`` attribute is written
         later, off the workers' critical path)."""
         started: list[RunningTrial] = []
-        while len(slot.inflight) < 2:
+        while len(slot.inflight) < PIPELINE:
             r = slot.feeding
             if r is None or r.done or r.next_k >= len(self.steps):
                 # a new trial: at once on an idle worker, or queued behind a trial's last step
                 if slot.inflight and (slot.inflight[-1][0].done or r is None or r.next_k < len(self.steps)):
                     return started
-                nxt = self._take_next()  # a trial asked ahead runs even after a stop: it is in the budget
+                # a trial asked ahead runs even after a stop: it is in the budget; a worker that still has
+                # calls queued does not hold up the loop waiting for the asker
+                nxt = self._take_next(wait=not slot.inflight)
                 if nxt is None:
                     return started
                 slot.feeding = r = nxt
@@ -634,6 +640,9 @@ class Coordinator:
         scores = running_scores(r.records, self.datasets)
         values = objective_values(scores, self.spec, self.datasets)
         if r.k >= len(self.steps):
+            self._n_complete += (
+                1  # before refilling: with one more COMPLETE trial the pruner may decide sooner
+            )
             started = self._top_up(slot)
             self._finish(r, TrialState.COMPLETE, scores, values)
         elif r.next_k > r.k:  # the next step is already queued: no decision was possible here
@@ -701,7 +710,6 @@ class Coordinator:
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
             self.study.tell(trial, values if self.spec.multi_objective else values[0])
-            self._n_complete += 1
             self._cache.setdefault(r.recipe_id, trial._trial_id)  # read back only if the recipe comes again
             if isinstance(self.study.pruner, optuna.pruners.PercentilePruner):
                 self._view.refresh(force=True)  # the next decision compares with this trial

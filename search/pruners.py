@@ -20,7 +20,7 @@ the weighted mean over datasets of running accuracy, an unbiased estimate of the
   ``min_resource = max(1, n_steps // 4)``: rungs after a quarter and three quarters of the items whatever
   the chunk size (chunk_size 25 on 200-item proxies → 8 steps → rungs at steps 2 and 6; chunk_size 50 →
   steps 1 and 3; ``n_steps`` unknown: 1). The default when a study names no pruner, and the shipped
-  studies' choice (studies/toy.toml gives ``min_resource = 2`` for its 8 steps explicitly). It has no
+  studies' choice (studies/toy.toml: chunk_size 50, ``min_resource = 1`` written out). It has no
   start-up trials; the coordinator runs baselines in full whatever the verdict (they are reference
   points), though their rung values count.
 * ``hyperband``: ``min_resource=1``, ``max_resource`` = the number of steps when known,

@@ -95,9 +95,9 @@ def _deliver(c: Coordinator, slot: Slot, correct: bool, t: list[float]) -> tuple
 def test_without_pruner_steps_and_next_trial_queue_behind_the_running_call(tmp_path):
     c, slot, actor = _coordinator(tmp_path, {"name": "none"}, n_trials=2)
     c._top_up(slot)
-    assert actor.calls == [(0, 0), (0, 1)]  # the second step waits on the worker, not on the coordinator
+    assert actor.calls == [(0, 0), (0, 1), (0, 2)]  # PIPELINE = 3 calls wait on the worker
     clock = [0.0]
-    for _ in range(3):
+    for _ in range(2):
         _deliver(c, slot, True, clock)
     assert actor.calls[-2:] == [(0, 3), (1, 0)]  # the last step of trial 0, then trial 1's first behind it
     while slot.inflight:
@@ -163,10 +163,13 @@ def test_a_trial_that_raises_fails_and_its_queued_step_is_dropped(tmp_path):
     c._on_error(slot, r, err)
     t0 = c.study.trials[0]
     assert t0.state == TrialState.FAIL and "CUDA out of memory" in t0.user_attrs["fail_reason"]
-    assert [(e[0].trial.number, e[1]) for e in slot.inflight] == [(0, 1)]  # already on the worker
-    _deliver(c, slot, True, [0.0])  # its result is dropped; trial 1 starts
+    assert [(e[0].trial.number, e[1]) for e in slot.inflight] == [(0, 1), (0, 2)]  # already on the worker
+    clock = [0.0]
+    _deliver(c, slot, True, clock)  # dropped
+    assert len(actor.calls) == 3  # no new trial queued behind a failed one's leftovers
+    _deliver(c, slot, True, clock)  # dropped; the worker is free: trial 1 starts
     assert c.study.trials[0].state == TrialState.FAIL and not c.study.trials[0].intermediate_values
-    assert actor.calls[-2:] == [(1, 0), (1, 1)]
+    assert actor.calls[-3:] == [(1, 0), (1, 1), (1, 2)]
 
 
 @pytest.mark.parametrize(

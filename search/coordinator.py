@@ -82,7 +82,6 @@ class RunningTrial:
     merge_s: float = 0.0
     eval_s: float = 0.0
     worker: str = ""
-    started: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -115,8 +114,6 @@ class RunSummary:
     best_value: float | None
     best_trial: int | None
     stop_reason: str
-    overhead_s: float
-    trial_s: float
     wall_s: float
     loop_s: float = 0.0  # from the first dispatch to the last result (wall_s minus Ray and model start-up)
     worker_busy_s: float = 0.0  # sum over calls of their time on the worker
@@ -199,8 +196,6 @@ class Coordinator:
         self._stop: str | None = None
         self._fails_in_row = 0
         self._cache: dict[str, FrozenTrial | int] = {}  # recipe id → its COMPLETE trial (or trial id)
-        self._overhead = 0.0
-        self._trial_time = 0.0
         self._last_beat = 0.0
         self._last_scan = 0.0
         self._n_complete = 0
@@ -412,8 +407,9 @@ class Coordinator:
         self._asker.start()
 
     def _ask_ahead(self) -> None:
-        """The asker thread: keeps one trial ready per worker (two that free up together both start at once); ends when the budget is spent or it is stopped. It is
-        the only thread that asks while it runs (two concurrent asks could pop the same enqueued trial)."""
+        """The asker thread: keeps one trial ready per worker (two that free up together both start at
+        once); ends when the budget is spent or it is stopped. It is the only thread that asks while it
+        runs (two concurrent asks could pop the same enqueued trial)."""
         try:
             while True:
                 with self._ready_cv:
@@ -581,16 +577,15 @@ class Coordinator:
     def _dispatch(self, slot: Slot, r: RunningTrial) -> None:
         """Queue ``r``'s next step on ``slot``'s worker."""
         if r.next_k == 0:
-            r.started = time.perf_counter()
             r.worker = slot.info["worker"]
         ref = slot.actor.run_step.remote(r.recipe, r.recipe_id, r.next_k)
         slot.inflight.append((r, r.next_k, ref))
         r.next_k += 1
 
     def _top_up(self, slot: Slot) -> list[RunningTrial]:
-        """Give ``slot``'s worker its next calls (at most ``PIPELINE`` in flight) without waiting for anything that
-        a result could change; returns the trials started here (their ``worker`` attribute is written
-        later, off the workers' critical path)."""
+        """Give ``slot``'s worker its next calls (at most ``PIPELINE`` in flight) without waiting for
+        anything that a result could change; returns the trials started here (their ``worker`` attribute
+        is written later, off the workers' critical path)."""
         started: list[RunningTrial] = []
         while len(slot.inflight) < PIPELINE:
             r = slot.feeding
@@ -623,14 +618,12 @@ class Coordinator:
         """Step ``k`` of ``r`` is done: decide (prune or not) when the pruner may act, refill the worker,
         then do the bookkeeping."""
         assert self.study is not None
-        t0 = time.perf_counter()
         if slot.last_end is not None:
             self._idle += max(0.0, res["t_start"] - slot.last_end)
         slot.last_end = res["t_end"]
         self._busy += res["t_end"] - res["t_start"]
         if r.done:  # told FAIL while this step was queued: drop it
             self._tag_started(self._top_up(slot))
-            self._overhead += time.perf_counter() - t0
             return
         r.records.extend(res["records"])
         r.merge_s += res["merge_s"]
@@ -659,7 +652,6 @@ class Coordinator:
             if pruned:
                 self._finish(r, TrialState.PRUNED, scores, values)
         self._tag_started(started)
-        self._overhead += time.perf_counter() - t0
 
     def _decide(self, r: RunningTrial, value: float) -> bool:
         """The pruner's verdict after ``r.k`` steps: from the coordinator's copy of the study where the pruner
@@ -713,7 +705,6 @@ class Coordinator:
             self._cache.setdefault(r.recipe_id, trial._trial_id)  # read back only if the recipe comes again
             if isinstance(self.study.pruner, optuna.pruners.PercentilePruner):
                 self._view.refresh(force=True)  # the next decision compares with this trial
-        self._trial_time += time.perf_counter() - r.started
         self._fails_in_row = 0
         self.tally.finished_here += 1
         shown = ", ".join(f"{v:.4f}" for v in values)
@@ -737,7 +728,6 @@ class Coordinator:
         if isinstance(err, ray.exceptions.RayTaskError):  # the trial raised; the worker lives on
             if not r.done:
                 r.done = True
-                self._trial_time += time.perf_counter() - r.started
                 reason = f"{_cause(err)}"
                 self._fail(r.trial.number, reason)
                 self._note_fail(r.trial.number, reason)
@@ -751,7 +741,6 @@ class Coordinator:
         reason = f"worker {slot.info.get('worker')} died during the trial: {type(err).__name__}"
         for t in lost:
             t.done = True
-            self._trial_time += time.perf_counter() - t.started
             frozen = self.study._storage.get_trial(t.trial._trial_id)
             if self._fail(t.trial.number, reason):
                 self._requeue(frozen, "worker died")
@@ -812,8 +801,6 @@ class Coordinator:
             best_value=best_value,
             best_trial=best_trial,
             stop_reason=self._stop or "done",
-            overhead_s=self._overhead,
-            trial_s=self._trial_time,
             wall_s=time.perf_counter() - wall0,
             loop_s=getattr(self, "_loop_s", 0.0),
             worker_busy_s=self._busy,
@@ -826,10 +813,8 @@ class Coordinator:
 
         self._start_asker()
         while True:
-            t0 = time.perf_counter()
             for slot in self.slots:
                 self._tag_started(self._top_up(slot))
-            self._overhead += time.perf_counter() - t0
             if self._asker_error is not None:
                 raise self._asker_error
             heads = {s.inflight[0][2]: s for s in self.slots if s.inflight}
@@ -849,12 +834,10 @@ class Coordinator:
                     self._on_error(slot, r, err)
                     continue
                 self._on_result(slot, r, k, res)
-            t1 = time.perf_counter()
             self._beat()
             if time.time() - self._last_scan > max(self.grace_s / 2, 5.0):
                 self.recover_orphans()
             self._refresh_tally()
-            self._overhead += time.perf_counter() - t1
 
     def _shutdown(self) -> None:
         """Interrupted trials are failed and re-enqueued (so a rerun finishes them); Ray is stopped."""

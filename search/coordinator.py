@@ -56,6 +56,9 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 # calls queued on a worker at most: the one it runs and two behind it, so a result the coordinator
 # handles late (it shares the CPU with the workers on a small host) still finds the next step waiting
 PIPELINE = 3
+# stops after which trials already asked ahead still run: they are inside the budget (a timeout or a run of
+# failures starts nothing more; those trials are failed and re-enqueued for the next run)
+BUDGET_STOPS = ("n_trials reached", "grid exhausted")
 RESERVED_ATTRS = ("baseline", "recipe")  # a baseline's trial carries its recipe; sampled ones derive it
 
 
@@ -441,9 +444,16 @@ class Coordinator:
         with self._ready_cv:
             return list(self._ready)
 
+    def _starts_ready(self) -> bool:
+        """Whether trials asked ahead may still start (see ``BUDGET_STOPS``)."""
+        return self._stop is None or self._stop in BUDGET_STOPS
+
     def _take_next(self, wait: bool = True) -> RunningTrial | None:
         """The trial asked ahead (waiting for the asker thread while it runs, if ``wait``), else one asked
-        here when no asker runs; None when the budget is spent, or nothing is ready and not ``wait``."""
+        here when no asker runs; None when the budget is spent, the study stopped, or nothing is ready
+        and not ``wait``."""
+        if not self._starts_ready():
+            return None
         with self._ready_cv:
             while wait and not self._ready and self._asker is not None and self._asker.is_alive():
                 self._ready_cv.wait(0.05)
@@ -593,8 +603,7 @@ class Coordinator:
                 # a new trial: at once on an idle worker, or queued behind a trial's last step
                 if slot.inflight and (slot.inflight[-1][0].done or r is None or r.next_k < len(self.steps)):
                     return started
-                # a trial asked ahead runs even after a stop: it is in the budget; a worker that still has
-                # calls queued does not hold up the loop waiting for the asker
+                # a worker that still has calls queued does not hold up the loop waiting for the asker
                 nxt = self._take_next(wait=not slot.inflight)
                 if nxt is None:
                     return started
@@ -820,7 +829,7 @@ class Coordinator:
             heads = {s.inflight[0][2]: s for s in self.slots if s.inflight}
             if not heads:
                 self._stop_asker()  # it may still be adding a trial: run that one before ending
-                if self._ready_list():
+                if self._ready_list() and self._starts_ready():
                     continue
                 self._refresh_tally(force=True)
                 break

@@ -220,3 +220,14 @@ def test_decisions_from_the_view_equal_optunas_own(make):
             twin.tell(b, values[7])
         assert twin.trials[-1].system_attrs == ref.trials[-1].system_attrs == attrs
     assert pruned > 20 and decisions - pruned > 50  # both verdicts, many times
+
+
+def test_trials_asked_ahead_start_after_a_budget_stop_but_not_after_a_timeout(tmp_path):
+    c, slot, actor = _coordinator(tmp_path, {"name": "none"}, n_trials=3)
+    ready = c._new_trial()
+    assert ready is not None
+    c._ready.append(ready)
+    c._stop = "timeout"  # the study's time is up: nothing more starts; shutdown re-enqueues it
+    assert c._take_next() is None and c._top_up(slot) == [] and actor.calls == []
+    c._stop = "n_trials reached"  # asked within the budget: it runs
+    assert c._take_next() is ready

@@ -8,6 +8,7 @@ thing is and what the best recipe gained over the VLM alone.
 from __future__ import annotations
 
 import dataclasses
+from importlib.resources import files
 from pathlib import Path
 
 from rich.console import Console
@@ -15,7 +16,7 @@ from rich.console import Console
 from merge_core.errors import MergesearchError
 from search.spec import StudySpec, ToySource, load_spec
 
-TOY_STUDY = Path(__file__).resolve().parents[1] / "studies" / "toy.toml"
+TOY_STUDY = Path(str(files("studies") / "toy.toml"))  # a real file: setuptools installs unzipped
 
 
 def demo_spec(
@@ -23,7 +24,7 @@ def demo_spec(
 ) -> StudySpec:
     """studies/toy.toml with the demo's overrides (toy size, workers, trials, output folder)."""
     if not TOY_STUDY.is_file():
-        raise MergesearchError(f"{TOY_STUDY} not found; run the demo from a source checkout of mergesearch")
+        raise MergesearchError(f"{TOY_STUDY} not found; reinstall mergesearch (the study files ship with it)")
     spec = load_spec(TOY_STUDY)
     changes: dict = {
         "models": dataclasses.replace(

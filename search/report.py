@@ -48,8 +48,8 @@ def _plots(study: optuna.Study) -> list[tuple[str, Any]]:
     if not multi:
         makers.append(
             (
-                "Intermediate values (running proxy accuracy per chunk)",
-                lambda: vis.plot_intermediate_values(study),
+                "Intermediate values (running proxy accuracy at the steps the pruner reads)",
+                lambda: _intermediate_values(study, vis),
             )
         )
     out: list[tuple[str, Any]] = []
@@ -61,6 +61,14 @@ def _plots(study: optuna.Study) -> list[tuple[str, Any]]:
         except Exception as err:  # a plot that needs more trials / parameters than the study has
             out.append((title, f"not drawn: {type(err).__name__}: {err}"))
     return out
+
+
+def _intermediate_values(study: optuna.Study, vis: Any) -> Any:
+    """Optuna's plot, or why there is none: without a pruner the coordinator stores no intermediate values
+    (search.pruners.reports_step), and Optuna would draw an empty frame."""
+    if not any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        raise ValueError("no intermediate values: this study prunes nothing, so none are stored")
+    return vis.plot_intermediate_values(study)
 
 
 def _trial_rows(study: optuna.Study) -> str:

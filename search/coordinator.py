@@ -9,8 +9,14 @@ Workers do not wait for bookkeeping. Each worker holds up to ``PIPELINE`` calls:
 queued behind the running one whenever no pruning decision can come between them
 (``search.pruners.may_prune``: warm-up steps, startup trials, steps between rungs, no pruner), and the
 next trial's first steps are queued behind a trial's last step.
-Only a step after which the pruner may act waits for ``report`` + ``should_prune``; telling, user
-attributes and records are written after the worker has its next call. The idle time of every worker
+Only a step after which the pruner may act waits, for the verdict of the pruner on the coordinator's copy of
+the study (``search.prune_view``).
+
+The loop's thread never touches the store. Asking (the sampler), reports, tells, user attributes, records,
+heartbeats, orphan scans and progress counts are jobs run in submission order on one store thread
+(``search.store_queue``): a trial's reports before its tell, its tell before the next ask. So the loop
+answers a worker in the time of a Ray round trip, whatever the store costs, and SQLite never has two
+writers in one process (whose lock waits sleep in steps of up to 100 ms). The idle time of every worker
 between two calls is measured on the worker's own clock (``RunSummary.worker_idle_s``).
 
 Reliability:
@@ -50,6 +56,7 @@ from search.resolve import Resolved
 from search.space import SearchSpace
 from search.spec import StudySpec
 from search.storage import open_study
+from search.store_queue import StoreQueue
 from search.worker import WorkerConfig, remote_worker_class
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -190,17 +197,15 @@ class Coordinator:
         self.tally = Tally(n_trials=spec.n_trials, timeout=spec.timeout)
         self.study: optuna.Study | None = None
         self.slots: list[Slot] = []
-        self._ready: deque[RunningTrial] = deque()  # asked ahead by the asker thread
+        self.store = StoreQueue()  # every storage call of the dispatch loop runs on its thread
+        self._ready: deque[RunningTrial] = deque()  # asked ahead on the store thread
         self._ready_cv = threading.Condition()
-        self._asker: threading.Thread | None = None
-        self._asker_stop = False
-        self._asker_error: BaseException | None = None
+        self._asks_pending = 0  # ask jobs submitted and not yet run
+        self._mine: set[int] = set()  # numbers of the trials this coordinator asked and has not told
         self._owns_ray = False
         self._stop: str | None = None
         self._fails_in_row = 0
         self._cache: dict[str, FrozenTrial | int] = {}  # recipe id → its COMPLETE trial (or trial id)
-        self._last_beat = 0.0
-        self._last_scan = 0.0
         self._n_complete = 0
         self._last_counted = 0  # COMPLETE + PRUNED + RUNNING at the last count, plus trials asked since
         self._counted_at = -1e9
@@ -218,9 +223,9 @@ class Coordinator:
         others = sum(1 for k in self.study.user_attrs if k.startswith("coordinator/"))
         if prior or others:  # a resumed or second coordinator: fresh draws, still determined by the history
             self.study.sampler = make_sampler(self.spec, salt=prior + 7919 * others)
-        self._view = StudyView(self.study)
+        self._view = StudyView(self.study, auto_refresh=False)  # refreshed by store jobs (see _loop)
         self._view.refresh(force=True)
-        self._beat(force=True)
+        self._beat()
         self.recover_orphans()
         self._enqueue_baselines()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -229,14 +234,12 @@ class Coordinator:
                 self._cache.setdefault(t.user_attrs["recipe_id"], t)
         return self.study
 
-    def _beat(self, force: bool = False) -> None:
-        now = time.time()
-        if force or now - self._last_beat >= self.beat_s:
-            assert self.study is not None
-            self.study.set_user_attr(
-                f"coordinator/{self.id}", {"host": socket.gethostname(), "pid": os.getpid(), "beat": now}
-            )
-            self._last_beat = now
+    def _beat(self) -> None:
+        """This coordinator is alive (read by ``_owner_alive`` of other coordinators)."""
+        assert self.study is not None
+        self.study.set_user_attr(
+            f"coordinator/{self.id}", {"host": socket.gethostname(), "pid": os.getpid(), "beat": time.time()}
+        )
 
     def _owner_alive(self, t: FrozenTrial, coordinators: dict[str, Any]) -> bool:
         owner = t.user_attrs.get("coordinator")
@@ -256,9 +259,7 @@ class Coordinator:
     def recover_orphans(self) -> list[int]:
         """Fail and re-enqueue RUNNING trials whose coordinator is gone; returns their numbers."""
         assert self.study is not None
-        mine = {r.trial.number for s in self.slots for r in s.trials()} | {
-            r.trial.number for r in self._ready_list()
-        }
+        mine = set(self._mine)
         coordinators = self.study.user_attrs
         recovered = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -270,7 +271,6 @@ class Coordinator:
                 recovered.append(t.number)
         if recovered:
             self.view.event(f"re-enqueued trials {recovered} left RUNNING by a stopped coordinator")
-        self._last_scan = time.time()
         return recovered
 
     def _enqueue_baselines(self) -> None:
@@ -294,6 +294,8 @@ class Coordinator:
             self.study.tell(number, state=TrialState.FAIL)
         except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             return False
+        finally:
+            self._mine.discard(number)
         return True
 
     def _requeue(self, t: FrozenTrial, why: str) -> bool:
@@ -360,6 +362,7 @@ class Coordinator:
         assert self.study is not None
         while self._budget_left():
             trial = self.study.ask()
+            self._mine.add(trial.number)
             self._last_counted += 1
             trial.set_user_attr("coordinator", self.id)
             if self._surplus(trial.number):
@@ -388,6 +391,7 @@ class Coordinator:
                         trial.set_user_attr(key, cached.user_attrs[key])
                 trial.set_user_attr("cached_from", cached.number)
                 self.study.tell(trial, cached.values)
+                self._mine.discard(trial.number)
                 self._n_complete += 1
                 self.tally.finished_here += 1
                 self.view.event(
@@ -401,44 +405,28 @@ class Coordinator:
 
     # ------------------------------------------------------------------ asking ahead
 
-    def _start_asker(self) -> None:
-        """Ask the next trial in a thread while the workers compute (Optuna's storages and samplers are
-        thread-safe: ``study.optimize(n_jobs=...)`` asks and tells from several threads), so a worker that
-        frees up gets a trial without waiting for the sampler."""
-        self._asker_stop = False
-        self._asker = threading.Thread(target=self._ask_ahead, name="mergesearch-asker", daemon=True)
-        self._asker.start()
+    def _request_asks(self) -> None:
+        """Keep one trial per worker asked ahead: ask jobs go to the store thread behind the writes
+        submitted before them (so the sampler sees every result told so far)."""
+        if not self.store.threaded:
+            return
+        with self._ready_cv:
+            while not self._stop and len(self._ready) + self._asks_pending < max(1, len(self.slots)):
+                self._asks_pending += 1
+                self.store.submit(self._ask_job)
 
-    def _ask_ahead(self) -> None:
-        """The asker thread: keeps one trial ready per worker (two that free up together both start at
-        once); ends when the budget is spent or it is stopped. It is the only thread that asks while it
-        runs (two concurrent asks could pop the same enqueued trial)."""
+    def _ask_job(self) -> None:
+        """Store thread: ask one trial (None when the budget is spent) and hand it to the loop."""
+        nxt = None
         try:
-            while True:
-                with self._ready_cv:
-                    while len(self._ready) >= max(1, len(self.slots)) and not self._asker_stop:
-                        self._ready_cv.wait()
-                    if self._asker_stop or self._stop:
-                        return
+            if not self._stop:
                 nxt = self._new_trial()
-                if nxt is None:
-                    return
-                with self._ready_cv:
-                    self._ready.append(nxt)
-                    self._ready_cv.notify_all()
-        except BaseException as err:  # surfaced by the main loop, which owns the error handling
-            self._asker_error = err
         finally:
             with self._ready_cv:
+                self._asks_pending -= 1
+                if nxt is not None:
+                    self._ready.append(nxt)
                 self._ready_cv.notify_all()
-
-    def _stop_asker(self) -> None:
-        with self._ready_cv:
-            self._asker_stop = True
-            self._ready_cv.notify_all()
-        if self._asker is not None:
-            self._asker.join()
-            self._asker = None
 
     def _ready_list(self) -> list[RunningTrial]:
         with self._ready_cv:
@@ -449,21 +437,19 @@ class Coordinator:
         return self._stop is None or self._stop in BUDGET_STOPS
 
     def _take_next(self, wait: bool = True) -> RunningTrial | None:
-        """The trial asked ahead (waiting for the asker thread while it runs, if ``wait``), else one asked
-        here when no asker runs; None when the budget is spent, the study stopped, or nothing is ready
-        and not ``wait``."""
+        """The next trial asked ahead (waiting for an ask in progress, if ``wait``); without the store thread
+        (tests, inline use) one asked here. None when the budget is spent, the study stopped, or nothing is
+        ready and not ``wait``."""
         if not self._starts_ready():
             return None
-        with self._ready_cv:
-            while wait and not self._ready and self._asker is not None and self._asker.is_alive():
-                self._ready_cv.wait(0.05)
+        if not self.store.threaded:
             if self._ready:
-                r = self._ready.popleft()
-                self._ready_cv.notify_all()
-                return r
-        if self._asker is not None or self._stop:  # the asker runs or ended (budget spent, stopped, failed)
-            return None
-        return self._new_trial()
+                return self._ready.popleft()
+            return None if self._stop else self._new_trial()
+        with self._ready_cv:
+            while wait and not self._ready and self._asks_pending and self.store.error is None:
+                self._ready_cv.wait(0.05)
+            return self._ready.popleft() if self._ready else None
 
     # ------------------------------------------------------------------ workers
 
@@ -625,7 +611,7 @@ class Coordinator:
 
     def _on_result(self, slot: Slot, r: RunningTrial, k: int, res: dict[str, Any]) -> None:
         """Step ``k`` of ``r`` is done: decide (prune or not) when the pruner may act, refill the worker,
-        then do the bookkeeping."""
+        then hand the bookkeeping to the store thread."""
         assert self.study is not None
         if slot.last_end is not None:
             self._idle += max(0.0, res["t_start"] - slot.last_end)
@@ -651,21 +637,22 @@ class Coordinator:
             started = self._top_up(slot)
             r.intermediate[r.k] = values[0]
             if not self.spec.multi_objective and self._report_here(r.k):
-                self._report(r, values[0])
+                self.store.submit(self._report, r, r.k, values[0])
         else:
             pruned = self._decide(r, values[0])
             r.done = pruned  # before refilling: a pruned trial's worker moves on to the next trial
             started = self._top_up(slot)
-            self._report(r, values[0])
-            self._view.flush()  # the pruner's records (rung values), now that the worker has its next call
+            self.store.submit(self._report, r, r.k, values[0])
+            self.store.submit(self._view.flush)  # the pruner's records (rung values)
             if pruned:
                 self._finish(r, TrialState.PRUNED, scores, values)
         self._tag_started(started)
 
     def _decide(self, r: RunningTrial, value: float) -> bool:
         """The pruner's verdict after ``r.k`` steps: from the coordinator's copy of the study where the pruner
-        allows it (``search.prune_view``), else through the store (report first, then ``should_prune``).
-        A baseline is never pruned (it is a reference point), though the pruner records it as usual."""
+        allows it (``search.prune_view``), else through the store (report first, then ``should_prune``, on
+        the store thread, waiting for it). A baseline is never pruned (it is a reference point), though the
+        pruner records it as usual."""
         assert self.study is not None
         r.intermediate[r.k] = value
         pruner = self.study.pruner
@@ -675,8 +662,13 @@ class Coordinator:
             )
             self._n_complete = max(self._n_complete, self._view.n_complete)
         else:
-            self._report(r, value)
-            verdict = r.trial.should_prune()
+            step = r.k
+
+            def report_and_ask() -> bool:
+                self._report(r, step, value)
+                return r.trial.should_prune()
+
+            verdict = self.store.call(report_and_ask)
         return verdict and r.baseline is None
 
     def _report_here(self, step: int) -> bool:
@@ -685,22 +677,28 @@ class Coordinator:
         assert self.study is not None
         return reports_step(self.study.pruner, step, self._n_complete)
 
-    def _report(self, r: RunningTrial, value: float) -> None:
-        """``trial.report(value, r.k)`` once per step (Optuna ignores a second report of a step)."""
-        r.intermediate[r.k] = value
-        if r.reported < r.k:
-            r.trial.report(value, r.k)
-            r.reported = r.k
+    def _report(self, r: RunningTrial, step: int, value: float) -> None:
+        """Store thread: ``trial.report(value, step)`` once per step (Optuna ignores a second report)."""
+        if r.reported < step:
+            r.trial.report(value, step)
+            r.reported = step
 
     def _tag_started(self, started: list[RunningTrial]) -> None:
         for r in started:  # where it runs, while it runs
-            r.trial.set_user_attr("worker", r.worker)
+            self.store.submit(r.trial.set_user_attr, "worker", r.worker)
 
     def _finish(
         self, r: RunningTrial, state: TrialState, scores: dict[str, float], values: list[float]
     ) -> None:
-        assert self.study is not None
+        """The trial is over: no more of its results count; its records, attributes and state are written
+        on the store thread."""
         r.done = True
+        self.store.submit(self._write_finish, r, state, scores, values)
+
+    def _write_finish(
+        self, r: RunningTrial, state: TrialState, scores: dict[str, float], values: list[float]
+    ) -> None:
+        assert self.study is not None
         trial = r.trial
         trial.set_user_attr("scores", {_short(d): v for d, v in scores.items()})
         trial.set_user_attr("n_items", len(r.records))
@@ -714,6 +712,7 @@ class Coordinator:
             self._cache.setdefault(r.recipe_id, trial._trial_id)  # read back only if the recipe comes again
             if isinstance(self.study.pruner, optuna.pruners.PercentilePruner):
                 self._view.refresh(force=True)  # the next decision compares with this trial
+        self._mine.discard(trial.number)
         self._fails_in_row = 0
         self.tally.finished_here += 1
         shown = ", ".join(f"{v:.4f}" for v in values)
@@ -737,9 +736,7 @@ class Coordinator:
         if isinstance(err, ray.exceptions.RayTaskError):  # the trial raised; the worker lives on
             if not r.done:
                 r.done = True
-                reason = f"{_cause(err)}"
-                self._fail(r.trial.number, reason)
-                self._note_fail(r.trial.number, reason)
+                self.store.submit(self._fail_and_note, r.trial.number, f"{_cause(err)}", None)
             self._tag_started(self._top_up(slot))
             return
         # the worker process died (killed, OOM-killed, crashed): fail and retry every trial it held,
@@ -750,21 +747,25 @@ class Coordinator:
         reason = f"worker {slot.info.get('worker')} died during the trial: {type(err).__name__}"
         for t in lost:
             t.done = True
-            frozen = self.study._storage.get_trial(t.trial._trial_id)
-            if self._fail(t.trial.number, reason):
-                self._requeue(frozen, "worker died")
-            self._note_fail(t.trial.number, reason)
+            self.store.submit(self._fail_and_note, t.trial.number, reason, "worker died")
         new = self._spawn(slot.index)
         slot.actor, slot.info = new.actor, new.info
         self.view.event(f"worker {slot.index} restarted as {slot.info['worker']}")
 
+    def _fail_and_note(self, number: int, reason: str, retry_why: str | None) -> None:
+        """Store thread: tell FAIL, enqueue the same parameters again when ``retry_why``, count the failure."""
+        assert self.study is not None
+        frozen = self.study._storage.get_trial(
+            self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        )
+        if self._fail(number, reason) and retry_why:
+            self._requeue(frozen, retry_why)
+        self._note_fail(number, reason)
+
     # ------------------------------------------------------------------ main loop
 
-    def _refresh_tally(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - getattr(self, "_last_tally", 0.0) < 1.0:  # a panel needs no more than 1 Hz
-            return
-        self._last_tally = now
+    def _refresh_tally(self) -> None:
+        """Store thread (1 Hz, see ``_loop``): trial counts and the best trial for the progress panel."""
         _, counts = self._counted()
         t = self.tally
         t.complete, t.pruned = counts.get("COMPLETE", 0), counts.get("PRUNED", 0)
@@ -818,21 +819,42 @@ class Coordinator:
         )
 
     def _loop(self) -> None:
+        """Wait for whichever call ends first, act on it; everything that touches the store is a job on the
+        store thread (``search.store_queue``), so this thread only decides and dispatches."""
+        import gc
+
+        # what start-up left (torch, transformers, Ray, Optuna: ~10^6 objects) goes to the permanent
+        # generation: a full collection over it stalled every thread of the loop for 300-350 ms
+        gc.collect()
+        gc.freeze()
+        self.store.start()
+        try:
+            self._dispatch_until_done()
+            self.store.call(self._refresh_tally)  # the final counts on the panel
+        finally:
+            gc.unfreeze()
+        if self.store.error is not None:
+            raise self.store.error
+
+    def _dispatch_until_done(self) -> None:
         import ray
 
-        self._start_asker()
         while True:
             for slot in self.slots:
                 self._tag_started(self._top_up(slot))
-            if self._asker_error is not None:
-                raise self._asker_error
+            # only now, the workers fed: an ask is a burst of Python on the store thread, and the GIL it
+            # holds would delay the dispatch
+            self._request_asks()
+            if self.store.error is not None:
+                raise self.store.error
             heads = {s.inflight[0][2]: s for s in self.slots if s.inflight}
             if not heads:
-                self._stop_asker()  # it may still be adding a trial: run that one before ending
-                if self._ready_list() and self._starts_ready():
+                with self._ready_cv:  # an ask in progress may still add a trial: run it before ending
+                    while self._asks_pending and not self._ready and self.store.error is None:
+                        self._ready_cv.wait(0.05)
+                if self.store.error is None and self._ready_list() and self._starts_ready():
                     continue
-                self._refresh_tally(force=True)
-                break
+                return
             ready, _ = ray.wait(list(heads), num_returns=1, timeout=1.0)
             for ref in ready:
                 slot = heads[ref]
@@ -843,17 +865,21 @@ class Coordinator:
                     self._on_error(slot, r, err)
                     continue
                 self._on_result(slot, r, k, res)
-            self._beat()
-            if time.time() - self._last_scan > max(self.grace_s / 2, 5.0):
-                self.recover_orphans()
-            self._refresh_tally()
+            self._periodic()
+
+    def _periodic(self) -> None:
+        """Heartbeat, orphan scan, the pruner's copy of the study and the progress panel, as store jobs."""
+        self.store.every("beat", self.beat_s, self._beat)
+        self.store.every("orphans", max(self.grace_s / 2, 5.0), self.recover_orphans)
+        self.store.every("view", self._view.max_age_s, lambda: self._view.refresh(force=True))
+        self.store.every("tally", 1.0, self._refresh_tally)  # a panel needs no more than 1 Hz
 
     def _shutdown(self) -> None:
         """Interrupted trials are failed and re-enqueued (so a rerun finishes them); Ray is stopped."""
         import ray
 
         if self.study is not None:
-            self._stop_asker()
+            self.store.close()  # what is queued is written first; from here on the store is used inline
             pending = [t for s in self.slots for t in s.trials()] + [
                 r for r in self._ready_list() if not r.done
             ]

@@ -3,11 +3,13 @@
 ``trial.should_prune()`` is ``study.pruner.prune(study, <the trial as stored>)``: it reads the running
 trial back and every trial of the study, and successive halving also writes the trial's rung value —
 three or four queries, 10-20 ms on SQLite, while the worker waits for the verdict. :class:`StudyView`
-hands the same pruner the same data from memory: the trials as last read from the store (re-read after
-each of this coordinator's writes and at least every ``max_age_s`` for other coordinators' trials), the
-running trial's intermediate values and rung records as the coordinator holds them. The pruner's own
-writes (successive halving's ``completed_rung_<k>``) are kept and written by :meth:`StudyView.flush`
-once the worker has its next call.
+hands the same pruner the same data from memory: the trials as last read from the store (re-read every
+``max_age_s``, and after each trial this coordinator completes when the pruner compares with completed
+trials), the running trial's intermediate values and the rung records this coordinator made. The
+pruner's own writes (successive halving's ``completed_rung_<k>``) are kept in memory and written by
+:meth:`StudyView.flush` once the worker has its next call. The coordinator refreshes and flushes on its
+store thread (``auto_refresh=False``) while its loop decides: the trial list is replaced whole, never
+changed in place, so a decision reads one consistent copy.
 
 Only pruners whose ``prune`` reads nothing but ``get_trials``, ``direction`` and the trial, and writes
 nothing but trial system attributes, decide here (:func:`local_decision`): Optuna's percentile, median and
@@ -18,6 +20,7 @@ tests/test_search_dispatch.py runs both paths side by side on twin studies and c
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from collections.abc import Container
 from typing import TYPE_CHECKING, Any
@@ -37,16 +40,21 @@ class _Writes:
         self._view = view
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        self._view._pending.append((trial_id, key, value))
-        self._view._local.setdefault(trial_id, {})[key] = value
+        with self._view._lock:
+            self._view._pending.append((trial_id, key, value))
+            self._view._local.setdefault(trial_id, {})[key] = value
 
 
 class StudyView:
     """The study as a pruner reads it (``get_trials``, ``direction``, ``_storage``), from memory."""
 
-    def __init__(self, study: optuna.Study, max_age_s: float = 2.0) -> None:
+    def __init__(self, study: optuna.Study, max_age_s: float = 2.0, auto_refresh: bool = True) -> None:
         self._study = study
         self.max_age_s = max_age_s
+        self.auto_refresh = (
+            auto_refresh  # False: the owner calls refresh (the coordinator, on its store thread)
+        )
+        self._lock = threading.Lock()
         self.direction: StudyDirection = study.directions[0]
         self._storage = _Writes(self)
         self._trials: list[FrozenTrial] = []
@@ -58,13 +66,15 @@ class StudyView:
         """Re-read every trial when forced or older than ``max_age_s`` (pending writes are flushed first)."""
         if force or time.monotonic() - self._at > self.max_age_s:
             self.flush()
+            # the list is replaced, never changed, so a decision in another thread reads one whole copy; the
+            # pruner's records stay in _local (a few keys per trial): those made after the flush are not read
             self._trials = self._study.get_trials(deepcopy=False)
-            self._local = {}
             self._at = time.monotonic()
 
     def flush(self) -> None:
         """Write the pruner's recorded system attributes to the store."""
-        pending, self._pending = self._pending, []
+        with self._lock:
+            pending, self._pending = self._pending, []
         for trial_id, key, value in pending:
             self._study._storage.set_trial_system_attr(trial_id, key, value)
 
@@ -78,7 +88,9 @@ class StudyView:
         """The trials as last read, with the system attributes recorded since (never the store's own
         objects: those belong to Optuna's cache)."""
         out = []
+        seen = set()
         for t in self._trials:
+            seen.add(t._trial_id)
             if states is not None and t.state not in states:
                 continue
             extra = self._local.get(t._trial_id)
@@ -86,6 +98,11 @@ class StudyView:
                 t = copy.copy(t)
                 t.system_attrs = {**t.system_attrs, **extra}
             out.append(t)
+        if states is None or TrialState.RUNNING in states:
+            # this coordinator's trials asked since the last read still compete at the rungs they reached
+            for trial_id, attrs in self._local.items():
+                if trial_id not in seen:
+                    out.append(_recorded_only(trial_id, attrs))
         return out
 
     def decide(
@@ -99,7 +116,8 @@ class StudyView:
         """``pruner.prune`` on running trial ``number`` with its reports so far; ``system_attrs`` (the
         trial's, as this coordinator holds them) receives what the pruner records. Requires
         :func:`local_decision`."""
-        self.refresh()
+        if self.auto_refresh:
+            self.refresh()
         trial = FrozenTrial(
             number=number,
             state=TrialState.RUNNING,
@@ -116,6 +134,23 @@ class StudyView:
         verdict = pruner.prune(self, trial)  # type: ignore[arg-type]
         system_attrs.update(self._local.get(trial_id, {}))
         return verdict
+
+
+def _recorded_only(trial_id: int, system_attrs: dict[str, Any]) -> FrozenTrial:
+    """A trial not read from the store yet, as far as the pruner's records go (its rung values)."""
+    return FrozenTrial(
+        number=-1,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=None,
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={},
+        system_attrs=dict(system_attrs),
+        intermediate_values={},
+        trial_id=trial_id,
+    )
 
 
 def local_decision(pruner: optuna.pruners.BasePruner) -> bool:

@@ -6,6 +6,8 @@ pruning decision can come between them, so a pruned trial never costs a step it 
 
 from __future__ import annotations
 
+import threading
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -21,10 +23,13 @@ STEPS = 4
 class _RunStep:
     def __init__(self, calls: list[tuple[int, int]], numbers: dict[str, int]) -> None:
         self.calls, self.numbers = calls, numbers
+        self.sent: dict[str, tuple[str, int]] = {}  # ref → (recipe id, step), for a stand-in ray.get
 
     def remote(self, recipe: dict, recipe_id: str, k: int) -> str:
         self.calls.append((self.numbers[recipe_id], k))
-        return f"ref-{len(self.calls)}"
+        ref = f"ref-{id(self)}-{len(self.calls)}"
+        self.sent[ref] = (recipe_id, k)
+        return ref
 
 
 class FakeActor:
@@ -187,6 +192,25 @@ def test_decisions_from_the_view_equal_optunas_own(make):
     """Twin studies see the same 200 random trials: one decides with trial.should_prune, the other with
     search.prune_view (writes flushed after each decision, as the coordinator does); every verdict and
     every stored rung record must agree."""
+    _twin_studies_agree(make, refresh=True)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=2, reduction_factor=3),
+        lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+    ],
+    ids=["asha-2-3", "asha-1-2"],
+)
+def test_successive_halving_needs_no_fresh_read_of_the_coordinators_own_trials(make):
+    """The view is read from the store only once, before any trial: successive halving's verdicts still
+    equal Optuna's, since the rung values it compares are the ones this coordinator recorded itself
+    (between two reads of the store, trials asked since the last one compete with what they recorded)."""
+    _twin_studies_agree(make, refresh=False)
+
+
+def _twin_studies_agree(make, refresh: bool) -> None:
     import random
 
     from search.prune_view import StudyView, local_decision
@@ -195,7 +219,8 @@ def test_decisions_from_the_view_equal_optunas_own(make):
     ref = optuna.create_study(direction="maximize", pruner=make())
     twin = optuna.create_study(direction="maximize", pruner=make())
     assert local_decision(twin.pruner)
-    view = StudyView(twin, max_age_s=0.0)
+    view = StudyView(twin, max_age_s=0.0, auto_refresh=refresh)
+    view.refresh(force=True)
     decisions = pruned = 0
     for _ in range(200):
         a, b = ref.ask(), twin.ask()
@@ -231,3 +256,66 @@ def test_trials_asked_ahead_start_after_a_budget_stop_but_not_after_a_timeout(tm
     assert c._take_next() is None and c._top_up(slot) == [] and actor.calls == []
     c._stop = "n_trials reached"  # asked within the budget: it runs
     assert c._take_next() is ready
+
+
+def _level(recipe_id: str) -> float:
+    """A recipe's made-up quality in [0, 1): item j of every step is right when level > (j + 0.5) / 4."""
+    return int(recipe_id[:8], 16) / 16**8
+
+
+def test_the_loop_leaves_every_storage_call_to_the_store_thread(tmp_path, monkeypatch):
+    """The real dispatch loop (``Coordinator._loop``) over two stand-in workers and a stand-in ``ray.wait`` /
+    ``ray.get``: every call into Optuna's storage made while it runs comes from the store thread, and the
+    study it leaves is right: every trial told, pruned ones stopped at the decision with no step sent
+    after it, complete ones with the value their records give."""
+    ray = pytest.importorskip("ray")
+    pruner = {"name": "successive_halving", "options": {"min_resource": 1, "reduction_factor": 3}}
+    c, slot, actor = _coordinator(tmp_path, pruner, n_trials=16)
+    other = FakeActor()
+    other.numbers = other.run_step.numbers = actor.numbers
+    c.slots = [slot, Slot(1, other, {"worker": "fake-2"})]
+    clock = [0.0]
+
+    def fake_wait(refs, num_returns=1, timeout=None):
+        return [refs[len(clock) % len(refs)]], []  # alternate between the workers' oldest calls
+
+    def fake_get(ref):
+        recipe_id, k = (actor.run_step.sent | other.run_step.sent)[ref]
+        clock.append(0.0)
+        t = 0.01 * len(clock)
+        level = _level(recipe_id)
+        recs = [{"dataset": d, "correct": level > (j + 0.5) / 4} for j, d in enumerate("AABB")]
+        return {"records": recs, "merge_s": 0.0, "eval_s": 0.01, "worker": "fake", "t_start": t, "t_end": t}
+
+    monkeypatch.setattr(ray, "wait", fake_wait)
+    monkeypatch.setattr(ray, "get", fake_get)
+    storage = c.study._storage
+    callers: list[tuple[str, str]] = []
+    for name in dir(type(storage)):
+        member = getattr(storage, name)
+        if name.startswith("__") or not callable(member):
+            continue
+
+        def recorded(*args, _f=member, _name=name, **kwargs):
+            callers.append((_name, threading.current_thread().name))
+            return _f(*args, **kwargs)
+
+        setattr(storage, name, recorded)
+    c._loop()
+    c.store.close()
+    assert {n for n, _ in callers} >= {"create_new_trial", "set_trial_state_values", "get_all_trials"}
+    assert {t for _, t in callers} == {"mergesearch-store_0"}, [x for x in callers if "store" not in x[1]]
+
+    trials = c.study.get_trials()
+    states = [t.state for t in trials]
+    assert len(trials) == 16 and set(states) == {TrialState.COMPLETE, TrialState.PRUNED}
+    calls = actor.calls + other.calls
+    for t in trials:
+        sent_steps = sorted(k for n, k in calls if n == t.number)
+        level = _level(t.user_attrs["recipe_id"])
+        if t.state == TrialState.PRUNED:
+            stop = max(t.intermediate_values)
+            assert sent_steps == list(range(stop)) and t.user_attrs["n_items"] == 4 * stop
+        else:
+            assert sent_steps == list(range(STEPS)) and t.user_attrs["n_items"] == 4 * STEPS
+            assert t.value == sum(level > (j + 0.5) / 4 for j in range(4)) / 4

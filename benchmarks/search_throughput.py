@@ -12,10 +12,17 @@ steps, the cleanest measure of scaling). Prints, per run:
   busy time. This is what the coordinator costs the search: its ask, tell, reports, pruning decisions and
   bookkeeping, plus the Ray round trip, wherever a worker had to wait for them;
 * coordinator CPU per trial: the CPU time of the coordinator process, all threads (Optuna ask and
-  suggest in the asker thread, tell, reports, user attributes, records, heartbeats, progress, Ray's
-  client threads), most of it while the workers compute, and its share of the workers' compute per
-  trial. On a GPU host it runs beside the workers; on this 2-core machine it competes with two CPU
+  suggest, tell, reports, user attributes, records, heartbeats, progress on the store thread; decisions
+  and dispatch on the loop's thread; Ray's client threads), most of it while the workers compute, and its
+  share of the workers' compute per trial. On a GPU host it runs beside the workers; on this 2-core machine it competes with two CPU
   workers for the cores.
+
+Then the floor under the idle time: a worker told to run a step right after its last one (the same worker
+class, the same step, nothing else running, back-to-back ``run_step`` calls) still waits the Ray round
+trip. Each call sent to a worker with nothing queued (after a pruning decision, or for a new trial after a
+pruned one) costs at least that; the idle time above ``waits x floor`` is what the coordinator adds.
+The floor is Ray's and the operating system's: on this machine a call sent after a 200 ms call starts
+2-3 ms after it ended, ~1 ms after a call of no length, whatever the call computes.
 
 Then the 2-vs-1 ratios. Targets (issue #6 §8): coordinator overhead < 2% of trial time; 2 workers >= 1.7x
 the throughput of 1. The machine is shared: run it more than once and quote the range.
@@ -64,12 +71,48 @@ def run_once(study: str, workers: int, trials: int, tmp: Path, pruner: str | Non
     return summary, cached, items
 
 
+def round_trip_floor(study: str, tmp: Path, calls: int = 15) -> float:
+    """Median gap (s, worker clock) between back-to-back ``run_step`` calls on one worker: each call sent
+    once the previous result is back, nothing else running (no store, no sampler, no second worker)."""
+    import statistics
+
+    import ray
+    from rich.console import Console
+
+    from merge_core import Recipe
+    from search.coordinator import Coordinator
+    from search.resolve import resolve
+    from search.spec import load_spec
+
+    spec = load_spec(study)
+    spec = spec.replace(
+        name="floor", storage=f"sqlite:///{tmp}/floor.db", output_dir=tmp / "floor", workers=1
+    )
+    coord = Coordinator(spec, resolve(spec), live=False, console=Console(quiet=True))
+    coord.open()
+    coord._start_ray()
+    try:
+        coord._start_workers()
+        actor = coord.slots[0].actor
+        recipe = coord.space.baseline(spec.baselines[0].fields) if spec.baselines else {}
+        rid = Recipe.from_dict(recipe).id
+        gaps, last_end = [], None
+        for _ in range(calls):
+            res = ray.get(actor.run_step.remote(recipe, rid, 0))
+            if last_end is not None:
+                gaps.append(res["t_start"] - last_end)
+            last_end = res["t_end"]
+        return statistics.median(gaps)
+    finally:
+        coord._shutdown()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", default="studies/toy.toml")
     p.add_argument("--trials", type=int, default=32)
     a = p.parse_args()
-    rows = {}
+    rows, waits = {}, {}
     with tempfile.TemporaryDirectory() as d:
         for w, pruner in ((1, None), (2, None), (1, "none"), (2, "none")):
             s, cached, items = run_once(a.study, w, a.trials, Path(d), pruner)
@@ -77,13 +120,28 @@ def main() -> int:
             busy = s.worker_busy_s / n  # the workers' compute per trial
             cpu = s.loop_cpu_s / n
             rows[(w, pruner)] = items / s.loop_s
+            waits[(w, pruner)] = (s.worker_waits, s.worker_idle_s, s.worker_busy_s)
             print(
                 f"{w} worker(s), pruner {pruner or 'of the study'}: {n} trials ({s.counts.get('PRUNED', 0)} pruned, "
                 f"{cached} reused), {items} proxy items in {s.loop_s:.1f} s of dispatch = {n * 3600 / s.loop_s:.0f} "
                 f"trials/h, {items / s.loop_s:.0f} items/s | worker compute {busy:.2f} s/trial, idle between calls "
                 f"{1000 * s.worker_idle_s / n:.1f} ms/trial = {100 * s.worker_idle_s / s.worker_busy_s:.2f}% "
-                f"(target < 2%) | coordinator CPU {1000 * cpu:.0f} ms/trial = {100 * cpu / busy:.1f}% of compute"
+                f"(target < 2%) | coordinator CPU {1000 * cpu:.0f} ms/trial = {100 * cpu / busy:.1f}% of compute "
+                f"(store thread {1000 * s.store_cpu_s / n:.0f}, dispatch thread {1000 * s.dispatch_cpu_s / n:.0f}, "
+                f"Ray's and other threads {1000 * (s.loop_cpu_s - s.store_cpu_s - s.dispatch_cpu_s) / n:.0f})"
             )
+        floor = round_trip_floor(a.study, Path(d))
+    print(
+        f"Ray round trip to a worker, back-to-back run_step calls with nothing else running: {1000 * floor:.2f} ms"
+    )
+    for (w, pruner), (n_waits, idle, busy) in waits.items():
+        own = max(0.0, idle - n_waits * floor)
+        each = f", {1000 * idle / n_waits:.1f} ms idle each" if n_waits else ""
+        print(
+            f"{w} worker(s), pruner {pruner or 'of the study'}: {n_waits} calls sent to a waiting worker{each}; "
+            f"idle {100 * idle / busy:.2f}% of compute = the round trips' floor {100 * n_waits * floor / busy:.2f}% "
+            f"+ the coordinator's part above it {100 * own / busy:.2f}%"
+        )
     for pruner in (None, "none"):
         print(
             f"2 workers vs 1, pruner {pruner or 'of the study'}: {rows[(2, pruner)] / rows[(1, pruner)]:.2f}x "

@@ -55,7 +55,7 @@ from search.prune_view import StudyView, local_decision
 from search.resolve import Resolved
 from search.space import SearchSpace
 from search.spec import StudySpec
-from search.storage import open_study
+from search.storage import open_study, trials_read_once
 from search.store_queue import StoreQueue
 from search.worker import WorkerConfig, remote_worker_class
 
@@ -128,7 +128,12 @@ class RunSummary:
     loop_s: float = 0.0  # from the first dispatch to the last result (wall_s minus Ray and model start-up)
     worker_busy_s: float = 0.0  # sum over calls of their time on the worker
     worker_idle_s: float = 0.0  # sum over workers of the gaps between consecutive calls (worker clock)
+    worker_waits: int = (
+        0  # calls sent to a worker that had nothing queued (it waited for a decision or a trial)
+    )
     loop_cpu_s: float = 0.0  # CPU time of the coordinator process (every thread) during the loop
+    store_cpu_s: float = 0.0  # of which the store thread's jobs (asks, tells, writes, reads)
+    dispatch_cpu_s: float = 0.0  # of which the loop's own thread (results, decisions, dispatch)
 
 
 def running_scores(records: list[dict[str, Any]], datasets: tuple[str, ...]) -> dict[str, float]:
@@ -211,6 +216,7 @@ class Coordinator:
         self._counted_at = -1e9
         self._busy = 0.0
         self._idle = 0.0
+        self._waits = 0
 
     # ------------------------------------------------------------------ study bookkeeping (single writer)
 
@@ -361,18 +367,20 @@ class Coordinator:
 
         assert self.study is not None
         while self._budget_left():
-            trial = self.study.ask()
-            self._mine.add(trial.number)
+            with trials_read_once(self.study):  # one read of the trials for the ask and the sampler
+                trial = self.study.ask()
+                self._mine.add(trial.number)
+                baseline = trial.user_attrs.get("baseline")
+                if baseline:
+                    recipe: dict[str, Any] = dict(trial.user_attrs["recipe"])
+                else:
+                    recipe = self.space.suggest(trial)
             self._last_counted += 1
             trial.set_user_attr("coordinator", self.id)
-            if self._surplus(trial.number):
+            if self._surplus(trial.number):  # a fresh count: the race it settles is with other coordinators
                 self._fail(trial.number, "surplus: another coordinator filled n_trials first")
                 self._stop = "n_trials reached"
                 return None
-            baseline = trial.user_attrs.get("baseline")
-            recipe: dict[str, Any] = (
-                dict(trial.user_attrs["recipe"]) if baseline else self.space.suggest(trial)
-            )
             trial.set_user_attr("recipe", recipe)
             try:
                 recipe_id = Recipe.from_dict(recipe).id
@@ -574,6 +582,8 @@ class Coordinator:
         """Queue ``r``'s next step on ``slot``'s worker."""
         if r.next_k == 0:
             r.worker = slot.info["worker"]
+        if not slot.inflight and slot.last_end is not None:
+            self._waits += 1
         ref = slot.actor.run_step.remote(r.recipe, r.recipe_id, r.next_k)
         slot.inflight.append((r, r.next_k, ref))
         r.next_k += 1
@@ -790,11 +800,12 @@ class Coordinator:
             self._start_ray()
             try:
                 self._start_workers()
-                loop0, cpu0 = time.perf_counter(), time.process_time()
+                loop0, cpu0, own0 = time.perf_counter(), time.process_time(), time.thread_time()
                 with self.view:
                     self._loop()
                 self._loop_s = time.perf_counter() - loop0
                 self._loop_cpu_s = time.process_time() - cpu0
+                self._dispatch_cpu_s = time.thread_time() - own0
             finally:
                 self._shutdown()
         else:
@@ -815,7 +826,10 @@ class Coordinator:
             loop_s=getattr(self, "_loop_s", 0.0),
             worker_busy_s=self._busy,
             worker_idle_s=self._idle,
+            worker_waits=self._waits,
             loop_cpu_s=getattr(self, "_loop_cpu_s", 0.0),
+            store_cpu_s=self.store.cpu_s,
+            dispatch_cpu_s=getattr(self, "_dispatch_cpu_s", 0.0),
         )
 
     def _loop(self) -> None:

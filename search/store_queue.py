@@ -30,6 +30,7 @@ class StoreQueue:
         self.error: BaseException | None = None
         self._due: dict[str, float] = {}  # periodic job → when it may be submitted again
         self._queued: set[str] = set()  # periodic jobs submitted and not yet run
+        self.cpu_s = 0.0  # CPU time of the jobs run on the store thread
 
     @property
     def threaded(self) -> bool:
@@ -54,9 +55,16 @@ class StoreQueue:
             fut: Future[Any] = Future()
             fut.set_result(fn(*args))  # an error raises here, in the caller
             return fut
-        fut = self._pool.submit(fn, *args)
+        fut = self._pool.submit(self._timed, fn, args)
         fut.add_done_callback(self._keep_error)
         return fut
+
+    def _timed(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        t0 = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.cpu_s += time.thread_time() - t0
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` after every job before it, waiting for its result (for the rare decision that

@@ -19,6 +19,12 @@ from search.storage import StorageError, check_storage_url, mask_url, open_study
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"vlm": "/m/vlm", "llm": "/m/llm", "base": "/m/base"}
+TOY_SPACE = {
+    "methods": ["linear", "task_arithmetic", "ties", "dare_linear"],
+    "components": [["attention", "mlp", "norm"], ["attention"], ["mlp"]],
+    "schedules": ["constant", "linear", "step"],
+    "start": [0, 3],
+}
 
 
 def _study(**over):
@@ -237,6 +243,60 @@ def test_open_study_roundtrip_and_directions(tmp_path):
     multi = spec_from_dict(_study(storage=url, objectives={"mode": "multi"}, pruner={"name": "none"}))
     with pytest.raises(StorageError, match="directions"):
         open_study(multi)
+
+
+def test_one_read_per_suggestion_leaves_tpe_suggestions_unchanged(tmp_path):
+    """Twin SQLite studies with the study's TPE (multivariate, group, constant liar) and three trials
+    always running: the suggestions made inside ``trials_read_once`` equal those made without it, trial
+    for trial, while the store is read once per suggestion instead of several times."""
+    from search.storage import trials_read_once
+
+    space_of = {}
+    studies, reads = [], []
+    for i, once in enumerate((False, True)):
+        spec = spec_from_dict(
+            _study(
+                name=f"twin{i}",
+                storage=f"sqlite:///{tmp_path}/twin{i}.db",
+                seed=3,
+                n_trials=40,
+                space=TOY_SPACE,  # conditional parameters: several TPE groups
+            )
+        )
+        study = open_study(spec)
+        backend = study._storage._backend
+        count = [0]
+        read = backend._get_trials
+
+        def counted(*args, _read=read, _count=count, **kwargs):
+            _count[0] += 1
+            return _read(*args, **kwargs)
+
+        backend._get_trials = counted
+        studies.append((study, once, count))
+        space_of[i] = SearchSpace(spec, MODELS)
+    for i, (study, once, count) in enumerate(studies):
+        running, suggested, per_ask = [], [], []
+        for n in range(30):
+            if n % 7 == 0:  # an enqueued trial now and then, as baselines and retries are
+                study.enqueue_trial({"method": "task_arithmetic", "vlm_weight": 0.5, "llm_weight": 1.0})
+            before = count[0]
+            if once:
+                with trials_read_once(study):
+                    trial = study.ask()
+                    suggested.append(space_of[i].suggest(trial))
+            else:
+                trial = study.ask()
+                suggested.append(space_of[i].suggest(trial))
+            per_ask.append(count[0] - before)
+            running.append(trial)
+            if len(running) > 3:
+                done = running.pop(0)
+                study.tell(done, (n * 37 % 11) / 11)  # values that favour some regions
+        reads.append((suggested, per_ask))
+    (plain, plain_reads), (once, once_reads) = reads
+    assert once == plain
+    assert max(once_reads) == 1 and min(plain_reads[12:]) >= 3  # TPE past its start-up trials
 
 
 def test_mergekit_export_linear_schedule_and_components():

@@ -102,7 +102,7 @@ class StudyView:
             # this coordinator's trials asked since the last read still compete at the rungs they reached
             for trial_id, attrs in self._local.items():
                 if trial_id not in seen:
-                    out.append(_recorded_only(trial_id, attrs))
+                    out.append(_running(-1, trial_id, attrs))  # known by its rung records only
         return out
 
     def decide(
@@ -118,28 +118,23 @@ class StudyView:
         :func:`local_decision`."""
         if self.auto_refresh:
             self.refresh()
-        trial = FrozenTrial(
-            number=number,
-            state=TrialState.RUNNING,
-            value=None,
-            datetime_start=None,
-            datetime_complete=None,
-            params={},
-            distributions={},
-            user_attrs={},
-            system_attrs={**system_attrs, **self._local.get(trial_id, {})},
-            intermediate_values=dict(intermediate_values),
-            trial_id=trial_id,
+        trial = _running(
+            number, trial_id, {**system_attrs, **self._local.get(trial_id, {})}, intermediate_values
         )
         verdict = pruner.prune(self, trial)  # type: ignore[arg-type]
         system_attrs.update(self._local.get(trial_id, {}))
         return verdict
 
 
-def _recorded_only(trial_id: int, system_attrs: dict[str, Any]) -> FrozenTrial:
-    """A trial not read from the store yet, as far as the pruner's records go (its rung values)."""
+def _running(
+    number: int,
+    trial_id: int,
+    system_attrs: dict[str, Any],
+    intermediate_values: dict[int, float] | None = None,
+) -> FrozenTrial:
+    """A RUNNING trial as a pruner reads it: its reports and its system attributes (rung values)."""
     return FrozenTrial(
-        number=-1,
+        number=number,
         state=TrialState.RUNNING,
         value=None,
         datetime_start=None,
@@ -148,7 +143,7 @@ def _recorded_only(trial_id: int, system_attrs: dict[str, Any]) -> FrozenTrial:
         distributions={},
         user_attrs={},
         system_attrs=dict(system_attrs),
-        intermediate_values={},
+        intermediate_values=dict(intermediate_values or {}),
         trial_id=trial_id,
     )
 

@@ -19,12 +19,19 @@ steps, the cleanest measure of scaling). Prints, per run:
 
 Then the floor under the idle time: a worker told to run a step right after its last one (the same worker
 class, the same step, nothing else running, back-to-back ``run_step`` calls) still waits the Ray round
-trip. Each call sent to a worker with nothing queued (after a pruning decision, or for a new trial after a
-pruned one) costs at least that; the idle time above ``waits x floor`` is what the coordinator adds.
+trip. Each call sent to a worker with nothing queued (a new trial when none was asked yet, a decision of a
+pruner other than successive halving) costs at least that; the idle time above ``waits x floor`` is the
+gaps between queued calls (Ray's per-call work on the worker, and the CPU the coordinator takes from the
+workers on a small host). At successive halving's rungs the worker decides itself (``search.gate``) and
+the calls queued behind the rung step run or return at once on its verdict: the run prints how many
+returned unrun ("skipped").
 The floor is Ray's and the operating system's: on this machine a call sent after a 200 ms call starts
 2-3 ms after it ended, ~1 ms after a call of no length, whatever the call computes.
 
-Then the 2-vs-1 ratios. Targets (issue #6 §8): coordinator overhead < 2% of trial time; 2 workers >= 1.7x
+Then the 2-vs-1 ratios, in proxy items and in trials per hour, beside the ceiling the cores set: two CPU
+workers and a coordinator that needs ``k`` s of CPU per trial of ``c`` s of worker compute share two cores,
+so two workers score at most ``2 / (1 + k/c)`` times what one does (one worker leaves the coordinator the
+other core). Targets (issue #6 §8): coordinator overhead < 2% of trial time; 2 workers >= 1.7x
 the throughput of 1. The machine is shared: run it more than once and quote the range.
 
     .venv/bin/python benchmarks/search_throughput.py [--trials 32] [--study studies/toy.toml]
@@ -112,7 +119,7 @@ def main() -> int:
     p.add_argument("--study", default="studies/toy.toml")
     p.add_argument("--trials", type=int, default=32)
     a = p.parse_args()
-    rows, waits = {}, {}
+    rows, per_h, waits, share = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as d:
         for w, pruner in ((1, None), (2, None), (1, "none"), (2, "none")):
             s, cached, items = run_once(a.study, w, a.trials, Path(d), pruner)
@@ -120,10 +127,13 @@ def main() -> int:
             busy = s.worker_busy_s / n  # the workers' compute per trial
             cpu = s.loop_cpu_s / n
             rows[(w, pruner)] = items / s.loop_s
+            per_h[(w, pruner)] = n * 3600 / s.loop_s
+            share[(w, pruner)] = cpu / busy
             waits[(w, pruner)] = (s.worker_waits, s.worker_idle_s, s.worker_busy_s)
             print(
                 f"{w} worker(s), pruner {pruner or 'of the study'}: {n} trials ({s.counts.get('PRUNED', 0)} pruned, "
-                f"{cached} reused), {items} proxy items in {s.loop_s:.1f} s of dispatch = {n * 3600 / s.loop_s:.0f} "
+                f"{cached} reused, {s.skipped_calls} calls skipped), {items} proxy items in {s.loop_s:.1f} s of "
+                f"dispatch = {n * 3600 / s.loop_s:.0f} "
                 f"trials/h, {items / s.loop_s:.0f} items/s | worker compute {busy:.2f} s/trial, idle between calls "
                 f"{1000 * s.worker_idle_s / n:.1f} ms/trial = {100 * s.worker_idle_s / s.worker_busy_s:.2f}% "
                 f"(target < 2%) | coordinator CPU {1000 * cpu:.0f} ms/trial = {100 * cpu / busy:.1f}% of compute "
@@ -140,12 +150,14 @@ def main() -> int:
         print(
             f"{w} worker(s), pruner {pruner or 'of the study'}: {n_waits} calls sent to a waiting worker{each}; "
             f"idle {100 * idle / busy:.2f}% of compute = the round trips' floor {100 * n_waits * floor / busy:.2f}% "
-            f"+ the coordinator's part above it {100 * own / busy:.2f}%"
+            f"+ the rest (gaps between queued calls, the coordinator's part) {100 * own / busy:.2f}%"
         )
     for pruner in (None, "none"):
         print(
             f"2 workers vs 1, pruner {pruner or 'of the study'}: {rows[(2, pruner)] / rows[(1, pruner)]:.2f}x "
-            f"proxy items scored per hour (target >= 1.7x)"
+            f"proxy items scored per hour, {per_h[(2, pruner)] / per_h[(1, pruner)]:.2f}x trials per hour "
+            f"(target >= 1.7x); the cores' ceiling with the coordinator's CPU of the 2-worker run: "
+            f"{2 / (1 + share[(2, pruner)]):.2f}x"
         )
     print(f"cores on this machine: {os.cpu_count()}, load avg {os.getloadavg()[0]:.1f}")
     return 0

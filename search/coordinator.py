@@ -9,8 +9,11 @@ Workers do not wait for bookkeeping. Each worker holds up to ``PIPELINE`` calls:
 queued behind the running one whenever no pruning decision can come between them
 (``search.pruners.may_prune``: warm-up steps, startup trials, steps between rungs, no pruner), and the
 next trial's first steps are queued behind a trial's last step.
-Only a step after which the pruner may act waits, for the verdict of the pruner on the coordinator's copy of
-the study (``search.prune_view``).
+At successive halving's rungs the worker decides itself (``search.gate``): the rung step carries the
+pruner and the study's rung records, the trial's next step is queued on condition that it goes on, and the
+next trial's first step on condition that it stops, so the worker never waits for a verdict. With the
+other pruners a step after which the pruner may act waits for its verdict on the coordinator's copy of the
+study (``search.prune_view``).
 
 The loop's thread never touches the store. Asking (the sampler), reports, tells, user attributes, records,
 heartbeats, orphan scans and progress counts are jobs run in submission order on one store thread
@@ -43,13 +46,14 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from merge_core.errors import MergesearchError
+from search.gate import RUNG_PREFIX, Gate, When, gates
+from search.objective_values import dataset_weights, objective_values, running_scores, short_name
 from search.progress import ProgressView, Tally
 from search.prune_view import StudyView, local_decision
 from search.resolve import Resolved
@@ -66,6 +70,8 @@ PIPELINE = 3
 # stops after which trials already asked ahead still run: they are inside the budget (a timeout or a run of
 # failures starts nothing more; those trials are failed and re-enqueued for the next run)
 BUDGET_STOPS = ("n_trials reached", "grid exhausted")
+# the store thread's nice value (search.store_queue): CPU workers on the same cores come before the store
+STORE_NICE = 10
 RESERVED_ATTRS = ("baseline", "recipe")  # a baseline's trial carries its recipe; sampled ones derive it
 
 
@@ -87,6 +93,8 @@ class RunningTrial:
     intermediate: dict[int, float] = field(default_factory=dict)  # running objective after each step
     system_attrs: dict[str, Any] = field(default_factory=dict)  # what the pruner recorded (rung values)
     baseline: str | None = None  # a reference point: run in full, whatever the pruner says
+    gate_step: int | None = None  # the worker decides after this many steps (a gated step is in flight)
+    tagged: bool = False  # its worker is recorded (user attribute "worker")
     reported: int = 0  # steps written with trial.report
     records: list[dict[str, Any]] = field(default_factory=list)
     merge_s: float = 0.0
@@ -102,13 +110,16 @@ class Slot:
     actor: Any
     info: dict[str, Any]
     feeding: RunningTrial | None = None
+    # the next trial, its first step sent on condition that the gate in flight stops ``feeding`` (search.gate)
+    following: RunningTrial | None = None
     inflight: deque[tuple[RunningTrial, int, Any]] = field(default_factory=deque)
     last_end: float | None = None  # the worker clock at the end of its previous call
 
     def trials(self) -> list[RunningTrial]:
-        """The distinct unfinished trials this worker holds (in flight or being fed)."""
+        """The distinct unfinished trials this worker holds (in flight, being fed or following)."""
         out: list[RunningTrial] = []
-        for r in [e[0] for e in self.inflight] + ([self.feeding] if self.feeding else []):
+        held = [r for r in (self.feeding, self.following) if r is not None]
+        for r in [e[0] for e in self.inflight] + held:
             if not r.done and all(r is not o for o in out):
                 out.append(r)
         return out
@@ -131,34 +142,10 @@ class RunSummary:
     worker_waits: int = (
         0  # calls sent to a worker that had nothing queued (it waited for a decision or a trial)
     )
+    skipped_calls: int = 0  # calls queued on a gate's verdict that returned unrun (search.gate)
     loop_cpu_s: float = 0.0  # CPU time of the coordinator process (every thread) during the loop
     store_cpu_s: float = 0.0  # of which the store thread's jobs (asks, tells, writes, reads)
     dispatch_cpu_s: float = 0.0  # of which the loop's own thread (results, decisions, dispatch)
-
-
-def running_scores(records: list[dict[str, Any]], datasets: tuple[str, ...]) -> dict[str, float]:
-    """Accuracy per dataset over the records so far: correct / scored items (datasets with items only)."""
-    n: dict[str, int] = {}
-    c: dict[str, int] = {}
-    for r in records:
-        n[r["dataset"]] = n.get(r["dataset"], 0) + 1
-        c[r["dataset"]] = c.get(r["dataset"], 0) + int(bool(r["correct"]))
-    return {d: c[d] / n[d] for d in datasets if n.get(d)}
-
-
-def objective_values(scores: dict[str, float], spec: StudySpec, datasets: tuple[str, ...]) -> list[float]:
-    """``weighted``: [sum_d w_d·acc_d / sum_d w_d] over datasets in ``scores``; ``multi``: [acc_d per dataset]."""
-    obj = spec.objectives
-    if obj.mode == "multi":
-        return [scores.get(d, 0.0) for d in datasets]  # complete after the last chunk; only then told
-    names = [d for d in datasets if d in scores]
-    wsum = sum(obj.weight(_short(d)) for d in names)
-    return [sum(obj.weight(_short(d)) * scores[d] for d in names) / wsum] if wsum > 0 else [0.0]
-
-
-def _short(name: str) -> str:
-    """A dataset's name as the study file writes it (TSV paths → stem)."""
-    return Path(name).stem if name.endswith(".tsv") else name
 
 
 def _pid_alive(pid: int) -> bool:
@@ -202,7 +189,8 @@ class Coordinator:
         self.tally = Tally(n_trials=spec.n_trials, timeout=spec.timeout)
         self.study: optuna.Study | None = None
         self.slots: list[Slot] = []
-        self.store = StoreQueue()  # every storage call of the dispatch loop runs on its thread
+        # every storage call of the dispatch loop runs on its thread, which yields the CPU to the workers
+        self.store = StoreQueue(nice=STORE_NICE)
         self._ready: deque[RunningTrial] = deque()  # asked ahead on the store thread
         self._ready_cv = threading.Condition()
         self._asks_pending = 0  # ask jobs submitted and not yet run
@@ -217,6 +205,7 @@ class Coordinator:
         self._busy = 0.0
         self._idle = 0.0
         self._waits = 0
+        self._skipped = 0
 
     # ------------------------------------------------------------------ study bookkeeping (single writer)
 
@@ -320,9 +309,12 @@ class Coordinator:
         self.study.enqueue_trial(dict(t.params), user_attrs=attrs)
         return True
 
-    def _counted(self) -> tuple[int, dict[str, int]]:
+    def _counted(self, trials: list[FrozenTrial] | None = None) -> tuple[int, dict[str, int]]:
+        """COMPLETE + PRUNED + RUNNING trials of the whole study, and the count of every state (of ``trials``,
+        a read just made, or of a new read)."""
         assert self.study is not None
-        trials = self.study.get_trials(deepcopy=False)
+        if trials is None:
+            trials = self.study.get_trials(deepcopy=False)
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
@@ -336,9 +328,10 @@ class Coordinator:
             return False
         n = self.spec.n_trials
         # the count is a query: this coordinator's own asks keep the estimate current, other coordinators'
-        # trials are read at least once a second, and a budget that looks spent is always counted again
-        # (a failed trial frees its place); a race at the very end is settled by _surplus
-        if n is not None and (self._last_counted >= n or time.monotonic() - self._counted_at > 1.0):
+        # trials are read once a second (_refresh_tally; here, when that is late), and a budget that looks
+        # spent is always counted again (a failed trial frees its place); a race at the very end is settled
+        # by _surplus
+        if n is not None and (self._last_counted >= n or time.monotonic() - self._counted_at > 2.0):
             self._last_counted, _ = self._counted()
             self._counted_at = time.monotonic()
         if n is not None and self._last_counted >= n:
@@ -578,13 +571,28 @@ class Coordinator:
         assert self.study is not None
         return may_prune(self.study.pruner, step, self._n_complete)
 
-    def _dispatch(self, slot: Slot, r: RunningTrial) -> None:
-        """Queue ``r``'s next step on ``slot``'s worker."""
+    def _dispatch(self, slot: Slot, r: RunningTrial, when: When | None = None) -> None:
+        """Queue ``r``'s next step on ``slot``'s worker (on condition ``when``); with a gate when the worker
+        decides after it (successive halving's rungs, ``search.gate``)."""
         if r.next_k == 0:
             r.worker = slot.info["worker"]
         if not slot.inflight and slot.last_end is not None:
             self._waits += 1
-        ref = slot.actor.run_step.remote(r.recipe, r.recipe_id, r.next_k)
+        gate = None
+        assert self.study is not None
+        if gates(self.study.pruner, self.spec.multi_objective) and self._may_prune(r.next_k + 1):
+            r.gate_step = r.next_k + 1
+            gate = Gate(
+                pruner=self.study.pruner,
+                direction=self.study.direction,
+                number=r.trial.number,
+                trial_id=r.trial._trial_id,
+                step=r.gate_step,
+                weights=dataset_weights(self.spec, self.datasets),
+                rungs=self._view.rung_records(RUNG_PREFIX),
+                binding=r.baseline is None,
+            )
+        ref = slot.actor.run_step.remote(r.recipe, r.recipe_id, r.next_k, gate, when)
         slot.inflight.append((r, r.next_k, ref))
         r.next_k += 1
 
@@ -600,15 +608,48 @@ class Coordinator:
                 if slot.inflight and (slot.inflight[-1][0].done or r is None or r.next_k < len(self.steps)):
                     return started
                 # a worker that still has calls queued does not hold up the loop waiting for the asker
-                nxt = self._take_next(wait=not slot.inflight)
+                nxt = self._next_for(slot, wait=not slot.inflight)
                 if nxt is None:
                     return started
                 slot.feeding = r = nxt
                 started.append(nxt)
-            elif slot.inflight and self._may_prune(r.next_k):
-                return started  # the pruner decides after the step in flight before the next is sent
+            elif r.gate_step is not None and r.next_k > r.gate_step:
+                # the worker decides after a step in flight; the step behind it runs if the trial goes on,
+                # the next trial's first step (behind that) if it stops; nothing more before the verdict
+                self._follow(slot, When(r.trial._trial_id, r.gate_step, True), started)
+                return started
+            elif r.k < r.next_k and self._may_prune(r.next_k):
+                if r.gate_step != r.next_k:
+                    return started  # the coordinator decides after the step in flight: the next one waits
+                self._dispatch(slot, r, When(r.trial._trial_id, r.gate_step, False))
+                continue
             self._dispatch(slot, r)
         return started
+
+    def _next_for(self, slot: Slot, wait: bool) -> RunningTrial | None:
+        """The trial ``slot``'s worker starts next: the one following (unless its conditional first step is
+        still out: it comes back skipped) or a new one."""
+        f = slot.following
+        if f is not None and f.done:  # its conditional first step raised: it is told FAIL already
+            slot.following = f = None
+        if f is None:
+            return self._take_next(wait=wait)
+        if f.next_k or not self._starts_ready():
+            return None
+        slot.following = None
+        return f
+
+    def _follow(self, slot: Slot, when: When, started: list[RunningTrial]) -> None:
+        """Queue the next trial's first step on condition ``when`` (the trial being fed stops), if one is
+        asked already and the worker has room."""
+        if slot.following is not None or len(slot.inflight) >= PIPELINE:
+            return
+        nxt = self._take_next(wait=False)
+        if nxt is None:
+            return
+        slot.following = nxt
+        started.append(nxt)
+        self._dispatch(slot, nxt, when)
 
     # ------------------------------------------------------------------ results
 
@@ -627,6 +668,14 @@ class Coordinator:
             self._idle += max(0.0, res["t_start"] - slot.last_end)
         slot.last_end = res["t_end"]
         self._busy += res["t_end"] - res["t_start"]
+        if res.get("skipped"):  # its condition failed on the worker (search.gate): nothing ran
+            self._skipped += 1
+            if not r.done and r.next_k == k + 1:
+                r.next_k = k  # a following trial's first step: sent again once the worker is free
+            self._tag_started(self._top_up(slot))
+            return
+        if r is slot.following:  # its conditional first step ran: the trial before it stopped
+            slot.feeding, slot.following = r, None
         if r.done:  # told FAIL while this step was queued: drop it
             self._tag_started(self._top_up(slot))
             return
@@ -643,6 +692,13 @@ class Coordinator:
             )
             started = self._top_up(slot)
             self._finish(r, TrialState.COMPLETE, scores, values)
+        elif res.get("gate") is not None:  # the worker decided
+            pruned = self._take_verdict(slot, r, values[0], res["gate"])
+            started = self._top_up(slot)
+            self.store.submit(self._report, r, r.k, values[0])
+            self.store.submit(self._view.flush)  # the pruner's records (rung values)
+            if pruned:
+                self._finish(r, TrialState.PRUNED, scores, values)
         elif r.next_k > r.k:  # the next step is already queued: no decision was possible here
             started = self._top_up(slot)
             r.intermediate[r.k] = values[0]
@@ -657,6 +713,20 @@ class Coordinator:
             if pruned:
                 self._finish(r, TrialState.PRUNED, scores, values)
         self._tag_started(started)
+
+    def _take_verdict(self, slot: Slot, r: RunningTrial, value: float, verdict: dict[str, Any]) -> bool:
+        """A worker's gate decided after ``r.k`` steps: keep the rung records the pruner made there (flushed
+        with this coordinator's own), and when it stopped the trial, the following trial is the one fed (its
+        conditional first step runs now). Returns whether ``r`` stops."""
+        r.gate_step = None
+        r.intermediate[r.k] = value
+        self._view.record(r.trial._trial_id, verdict["attrs"])
+        r.system_attrs.update(verdict["attrs"])
+        pruned = bool(verdict["pruned"]) and r.baseline is None
+        r.done = pruned
+        if pruned and slot.following is not None and slot.following.next_k:
+            slot.feeding, slot.following = slot.following, None
+        return pruned
 
     def _decide(self, r: RunningTrial, value: float) -> bool:
         """The pruner's verdict after ``r.k`` steps: from the coordinator's copy of the study where the pruner
@@ -694,8 +764,10 @@ class Coordinator:
             r.reported = step
 
     def _tag_started(self, started: list[RunningTrial]) -> None:
-        for r in started:  # where it runs, while it runs
-            self.store.submit(r.trial.set_user_attr, "worker", r.worker)
+        for r in started:  # where it runs, while it runs (once: a following trial may be sent twice)
+            if not r.tagged:
+                r.tagged = True
+                self.store.submit(r.trial.set_user_attr, "worker", r.worker)
 
     def _finish(
         self, r: RunningTrial, state: TrialState, scores: dict[str, float], values: list[float]
@@ -710,7 +782,7 @@ class Coordinator:
     ) -> None:
         assert self.study is not None
         trial = r.trial
-        trial.set_user_attr("scores", {_short(d): v for d, v in scores.items()})
+        trial.set_user_attr("scores", {short_name(d): v for d, v in scores.items()})
         trial.set_user_attr("n_items", len(r.records))
         trial.set_user_attr("merge_s", round(r.merge_s, 4))
         trial.set_user_attr("eval_s", round(r.eval_s, 4))
@@ -753,7 +825,7 @@ class Coordinator:
         # restart the worker
         lost = ([r] if not r.done else []) + [t for t in slot.trials() if t is not r]
         slot.inflight.clear()
-        slot.feeding, slot.last_end = None, None
+        slot.feeding, slot.following, slot.last_end = None, None, None
         reason = f"worker {slot.info.get('worker')} died during the trial: {type(err).__name__}"
         for t in lost:
             t.done = True
@@ -775,8 +847,14 @@ class Coordinator:
     # ------------------------------------------------------------------ main loop
 
     def _refresh_tally(self) -> None:
-        """Store thread (1 Hz, see ``_loop``): trial counts and the best trial for the progress panel."""
-        _, counts = self._counted()
+        """Store thread (1 Hz, see ``_periodic``): one read of the study serves the progress panel (counts,
+        best trial), the budget's count and the pruner's copy of the study."""
+        assert self.study is not None
+        self._view.flush()  # the pruner's records go in before the read
+        trials = self.study.get_trials(deepcopy=False)
+        self._view.refresh(trials=trials)
+        counted, counts = self._counted(trials)
+        self._last_counted, self._counted_at = counted, time.monotonic()
         t = self.tally
         t.complete, t.pruned = counts.get("COMPLETE", 0), counts.get("PRUNED", 0)
         self._n_complete = max(self._n_complete, t.complete)  # other coordinators' trials count too
@@ -785,8 +863,10 @@ class Coordinator:
             counts.get("RUNNING", 0),
             counts.get("WAITING", 0),
         )
-        if t.complete and self.study is not None and not self.spec.multi_objective:
-            best = self.study.best_trial
+        if t.complete and not self.spec.multi_objective:
+            done = [x for x in trials if x.state == TrialState.COMPLETE and x.value is not None]
+            sign = 1.0 if self.study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+            best = max(done, key=lambda x: (sign * x.value, -x.number))  # the first of equal bests
             t.best, t.best_trial = best.value, best.number
             t.best_label = best.user_attrs.get("baseline") or _describe(best.user_attrs.get("recipe", {}))
         self.view.update(t)
@@ -827,6 +907,7 @@ class Coordinator:
             worker_busy_s=self._busy,
             worker_idle_s=self._idle,
             worker_waits=self._waits,
+            skipped_calls=self._skipped,
             loop_cpu_s=getattr(self, "_loop_cpu_s", 0.0),
             store_cpu_s=self.store.cpu_s,
             dispatch_cpu_s=getattr(self, "_dispatch_cpu_s", 0.0),
@@ -882,11 +963,11 @@ class Coordinator:
             self._periodic()
 
     def _periodic(self) -> None:
-        """Heartbeat, orphan scan, the pruner's copy of the study and the progress panel, as store jobs."""
+        """Heartbeat, orphan scan, and the study read once a second (progress panel, budget, the pruner's
+        copy of the study), as store jobs."""
         self.store.every("beat", self.beat_s, self._beat)
         self.store.every("orphans", max(self.grace_s / 2, 5.0), self.recover_orphans)
-        self.store.every("view", self._view.max_age_s, lambda: self._view.refresh(force=True))
-        self.store.every("tally", 1.0, self._refresh_tally)  # a panel needs no more than 1 Hz
+        self.store.every("tally", 1.0, self._refresh_tally)  # also the budget's count and the pruner's view
 
     def _shutdown(self) -> None:
         """Interrupted trials are failed and re-enqueued (so a rerun finishes them); Ray is stopped."""
@@ -904,7 +985,7 @@ class Coordinator:
                     self._requeue(frozen, "interrupted")
             for slot in self.slots:
                 slot.inflight.clear()
-                slot.feeding = None
+                slot.feeding = slot.following = None
             self._ready.clear()
             try:
                 self.study.set_user_attr(

@@ -49,7 +49,7 @@ class StudyView:
     """The study as a pruner reads it (``get_trials``, ``direction``, ``_storage``), from memory."""
 
     def __init__(self, study: optuna.Study, max_age_s: float = 2.0, auto_refresh: bool = True) -> None:
-        self._study = study
+        self._study: optuna.Study | None = study
         self.max_age_s = max_age_s
         self.auto_refresh = (
             auto_refresh  # False: the owner calls refresh (the coordinator, on its store thread)
@@ -62,17 +62,56 @@ class StudyView:
         self._local: dict[int, dict[str, Any]] = {}  # system attributes written here, by trial id
         self._at = -1e9
 
-    def refresh(self, force: bool = False) -> None:
-        """Re-read every trial when forced or older than ``max_age_s`` (pending writes are flushed first)."""
-        if force or time.monotonic() - self._at > self.max_age_s:
-            self.flush()
+    @classmethod
+    def of_records(cls, direction: StudyDirection, records: dict[int, dict[str, Any]]) -> StudyView:
+        """A view of a study known only by its trials' system attributes (``search.gate``: a worker's copy
+        of the rung records); it has no store behind it, so it is never refreshed or flushed."""
+        view = cls.__new__(cls)
+        view._study = None
+        view.max_age_s, view.auto_refresh = float("inf"), False
+        view._lock = threading.Lock()
+        view.direction = direction
+        view._storage = _Writes(view)
+        view._trials = [_running(-1, tid, attrs) for tid, attrs in records.items()]
+        view._pending, view._local, view._at = [], {}, 0.0
+        return view
+
+    def recorded(self, trial_id: int) -> dict[str, Any]:
+        """The system attributes the pruner recorded here for ``trial_id`` (not yet read back from the store)."""
+        with self._lock:
+            return dict(self._local.get(trial_id, {}))
+
+    def record(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """System attributes a pruner recorded elsewhere (a worker's gate): kept and flushed as if made here."""
+        for key, value in attrs.items():
+            self._storage.set_trial_system_attr(trial_id, key, value)
+
+    def rung_records(self, prefix: str) -> dict[int, dict[str, Any]]:
+        """Trial id → its system attributes whose key starts with ``prefix``, for trials that have any."""
+        out = {}
+        for t in self.get_trials(deepcopy=False):
+            attrs = {k: v for k, v in t.system_attrs.items() if k.startswith(prefix)}
+            if attrs:
+                out[t._trial_id] = attrs
+        return out
+
+    def refresh(self, force: bool = False, trials: list[FrozenTrial] | None = None) -> None:
+        """Re-read every trial when forced or older than ``max_age_s`` (pending writes are flushed first);
+        ``trials``: a read of the study the caller made after a :meth:`flush`, taken instead of another."""
+        if force or trials is not None or time.monotonic() - self._at > self.max_age_s:
+            if trials is None:
+                self.flush()
+                assert self._study is not None, "a view of records has no store to read"
+                trials = self._study.get_trials(deepcopy=False)
             # the list is replaced, never changed, so a decision in another thread reads one whole copy; the
             # pruner's records stay in _local (a few keys per trial): those made after the flush are not read
-            self._trials = self._study.get_trials(deepcopy=False)
+            self._trials = trials
             self._at = time.monotonic()
 
     def flush(self) -> None:
-        """Write the pruner's recorded system attributes to the store."""
+        """Write the pruner's recorded system attributes to the store (a view of records has none)."""
+        if self._study is None:
+            return
         with self._lock:
             pending, self._pending = self._pending, []
         for trial_id, key, value in pending:

@@ -14,6 +14,8 @@ job runs inline, synchronously, in the caller's thread.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,9 +24,16 @@ from typing import Any
 
 
 class StoreQueue:
-    """FIFO storage jobs on one thread; the first error a job raises is kept for the loop to raise."""
+    """FIFO storage jobs on one thread; the first error a job raises is kept for the loop to raise.
 
-    def __init__(self) -> None:
+    ``nice``: added to the store thread's nice value on Linux (0: the process's own). The coordinator lowers it so
+    that CPU workers sharing the cores come first: its jobs are never what a worker waits for (trials are
+    asked ahead, writes follow the results), while a worker pre-empted between two calls waits for them.
+    Measured on this 2-core machine, 2 CPU workers, toy study (benchmarks/search_throughput.py): nice 10
+    raised the items scored per second by 12-24% (3 runs each, interleaved)."""
+
+    def __init__(self, nice: int = 0) -> None:
+        self.nice = nice
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -44,6 +53,14 @@ class StoreQueue:
 
     def _remember_thread(self) -> None:
         self._thread = threading.current_thread()
+        if self.nice and sys.platform.startswith("linux"):  # Linux sets a thread's nice value by its id
+            try:
+                tid = threading.get_native_id()
+                os.setpriority(
+                    os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.nice)
+                )
+            except OSError:  # a sandbox may forbid it: the thread runs at the process's priority
+                pass
 
     def on_store_thread(self) -> bool:
         """True in the store thread (or anywhere while jobs run inline)."""

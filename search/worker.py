@@ -3,9 +3,11 @@
 A worker loads the VLM (``merge_core.ResidentMerger``), the processor and the proxy datasets once. Each
 ``run_step(recipe, recipe_id, k)`` call merges the recipe in memory if it is not the one already applied
 (the first step of a trial), then scores step k of ``objectives.scorer.ProxyScorer`` (one chunk of every
-dataset) and returns the per-item records. One call per step keeps the pruning decision with the
-coordinator (the single Optuna writer). Each result carries the call's start and end on the worker's own
-clock, so the coordinator can measure how long a worker sat idle between two calls.
+dataset) and returns the per-item records. One call per step lets the coordinator (the single Optuna
+writer) prune between steps; at successive halving's rungs the call carries a ``search.gate.Gate`` and the
+worker decides itself, and calls queued behind it carry a ``search.gate.When`` condition on that verdict.
+Each result carries the call's start and end on the worker's own clock, so the coordinator can measure how
+long a worker sat idle between two calls.
 
 :class:`TrialWorker` is a plain class (usable in-process); :func:`remote_worker_class` wraps it as a Ray
 actor — one per GPU (``num_gpus=1``) or one per CPU core (``num_cpus=1``, one torch thread each).
@@ -20,6 +22,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from search.gate import Gate, GateBook, When
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class TrialWorker:
         )
         self.steps = self.scorer.steps()
         self.applied: str | None = None
+        self.book = GateBook()
         self.label = f"{socket.gethostname()}:{os.getpid()}/{cfg.device}"
         # the resident models, processor and imports live as long as the worker: out of the collector's
         # reach, a full collection no longer pauses a step for the time it takes to scan them
@@ -105,13 +110,24 @@ class TrialWorker:
             "datasets": {d.name: len(d.items) for d in self.datasets},
         }
 
-    def run_step(self, recipe: dict[str, Any], recipe_id: str, k: int) -> dict[str, Any]:
+    def run_step(
+        self,
+        recipe: dict[str, Any],
+        recipe_id: str,
+        k: int,
+        gate: Gate | None = None,
+        when: When | None = None,
+    ) -> dict[str, Any]:
         """Merge ``recipe`` unless already applied, score step ``k``; records are JSON-ready dicts.
 
+        ``when``: a condition on an earlier gate's verdict; unmet, nothing runs (``{"skipped": True}``).
+        ``gate``: decide after this step (the result's ``gate``: verdict, value, rung records).
         ``t_start`` / ``t_end``: ``time.time()`` on this worker when the call began and ended."""
         from merge_core import Recipe
 
         t_start = time.time()
+        if not self.book.admits(when):
+            return {"skipped": True, "worker": self.label, "t_start": t_start, "t_end": time.time()}
         merge_s = 0.0
         if self.applied != recipe_id:
             self.applied = None  # a failed apply must not leave a half-merged model marked as applied
@@ -122,11 +138,14 @@ class TrialWorker:
         t0 = time.perf_counter()
         records = self.scorer.run_step(self.steps[k])
         eval_s = time.perf_counter() - t0
+        rows = [dataclasses.asdict(r) for r in records]
+        verdict = self.book.after_step(k, rows, gate)
         return {
-            "records": [dataclasses.asdict(r) for r in records],
+            "records": rows,
             "merge_s": merge_s,
             "eval_s": eval_s,
             "worker": self.label,
+            "gate": verdict,
             "t_start": t_start,
             "t_end": time.time(),
         }

@@ -13,6 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.coordinator import Coordinator, Slot
+from search.gate import GateBook
 from search.resolve import Resolved
 from search.spec import spec_from_dict
 
@@ -23,17 +24,37 @@ STEPS = 4
 class _RunStep:
     def __init__(self, calls: list[tuple[int, int]], numbers: dict[str, int]) -> None:
         self.calls, self.numbers = calls, numbers
-        self.sent: dict[str, tuple[str, int]] = {}  # ref → (recipe id, step), for a stand-in ray.get
+        self.sent: dict[str, tuple] = {}  # ref → (recipe id, step, gate, when), for a stand-in ray.get
+        self.ran: list[tuple[int, int]] = []  # (trial number, step) of the calls that ran, in order
+        self.book = GateBook()  # the worker's side of search.gate, as TrialWorker keeps it
 
-    def remote(self, recipe: dict, recipe_id: str, k: int) -> str:
+    def remote(self, recipe: dict, recipe_id: str, k: int, gate=None, when=None) -> str:
         self.calls.append((self.numbers[recipe_id], k))
         ref = f"ref-{id(self)}-{len(self.calls)}"
-        self.sent[ref] = (recipe_id, k)
+        self.sent[ref] = (recipe_id, k, gate, when)
         return ref
+
+    def execute(self, ref: str, records: list[dict], t_start: float, t_end: float) -> dict:
+        """What ``TrialWorker.run_step`` returns for the call ``ref`` scoring ``records`` (called in the
+        worker's order): skipped when its condition fails, the gate's verdict when it carries one."""
+        recipe_id, k, gate, when = self.sent[ref]
+        if not self.book.admits(when):
+            return {"skipped": True, "worker": "fake", "t_start": t_start, "t_end": t_start}
+        self.ran.append((self.numbers[recipe_id], k))
+        verdict = self.book.after_step(k, records, gate)
+        return {
+            "records": records,
+            "merge_s": 0.0,
+            "eval_s": 0.1,
+            "worker": "fake",
+            "gate": verdict,
+            "t_start": t_start,
+            "t_end": t_end,
+        }
 
 
 class FakeActor:
-    """Records ``run_step.remote`` calls as (trial number, step)."""
+    """Records ``run_step.remote`` calls as (trial number, step); runs them when their result is taken."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, int]] = []
@@ -74,26 +95,16 @@ def _coordinator(
     return c, slot, actor
 
 
-def _result(correct: bool, t_start: float, t_end: float) -> dict:
-    recs = [{"dataset": d, "correct": correct} for d in ("A", "A", "B", "B")]
-    return {
-        "records": recs,
-        "merge_s": 0.0,
-        "eval_s": 0.1,
-        "worker": "fake",
-        "t_start": t_start,
-        "t_end": t_end,
-    }
-
-
-def _deliver(c: Coordinator, slot: Slot, correct: bool, t: list[float]) -> tuple[int, int]:
-    """The oldest call in flight returns; ``t`` is the worker clock, advanced by 1 s per call, with a 0.01 s
-    gap before each call."""
-    r, k, _ = slot.inflight.popleft()
+def _deliver(c: Coordinator, slot: Slot, correct: bool | list[bool], t: list[float]) -> tuple[int, int]:
+    """The oldest call in flight returns, its 4 items (A, A, B, B) all ``correct`` or as listed; ``t`` is the
+    worker clock, advanced by 1 s per call, with a 0.01 s gap before each call."""
+    r, k, ref = slot.inflight.popleft()
     t[0] += 0.01
     start = t[0]
     t[0] += 1.0
-    c._on_result(slot, r, k, _result(correct, start, t[0]))
+    right = correct if isinstance(correct, list) else [correct] * 4
+    recs = [{"dataset": d, "correct": ok} for d, ok in zip("AABB", right, strict=True)]
+    c._on_result(slot, r, k, slot.actor.run_step.execute(ref, recs, start, t[0]))
     return r.trial.number, k
 
 
@@ -280,12 +291,12 @@ def test_the_loop_leaves_every_storage_call_to_the_store_thread(tmp_path, monkey
         return [refs[len(clock) % len(refs)]], []  # alternate between the workers' oldest calls
 
     def fake_get(ref):
-        recipe_id, k = (actor.run_step.sent | other.run_step.sent)[ref]
+        run_step = actor.run_step if ref in actor.run_step.sent else other.run_step
         clock.append(0.0)
         t = 0.01 * len(clock)
-        level = _level(recipe_id)
+        level = _level(run_step.sent[ref][0])
         recs = [{"dataset": d, "correct": level > (j + 0.5) / 4} for j, d in enumerate("AABB")]
-        return {"records": recs, "merge_s": 0.0, "eval_s": 0.01, "worker": "fake", "t_start": t, "t_end": t}
+        return run_step.execute(ref, recs, t, t)
 
     monkeypatch.setattr(ray, "wait", fake_wait)
     monkeypatch.setattr(ray, "get", fake_get)
@@ -309,9 +320,9 @@ def test_the_loop_leaves_every_storage_call_to_the_store_thread(tmp_path, monkey
     trials = c.study.get_trials()
     states = [t.state for t in trials]
     assert len(trials) == 16 and set(states) == {TrialState.COMPLETE, TrialState.PRUNED}
-    calls = actor.calls + other.calls
+    ran = actor.run_step.ran + other.run_step.ran
     for t in trials:
-        sent_steps = sorted(k for n, k in calls if n == t.number)
+        sent_steps = sorted(k for n, k in ran if n == t.number)
         level = _level(t.user_attrs["recipe_id"])
         if t.state == TrialState.PRUNED:
             stop = max(t.intermediate_values)
@@ -319,3 +330,97 @@ def test_the_loop_leaves_every_storage_call_to_the_store_thread(tmp_path, monkey
         else:
             assert sent_steps == list(range(STEPS)) and t.user_attrs["n_items"] == 4 * STEPS
             assert t.value == sum(level > (j + 0.5) / 4 for j in range(4)) / 4
+
+
+def _replay_verdicts(trials: list, make_pruner) -> list[int | None]:
+    """Each trial's stored reports replayed in trial order on a fresh study with Optuna's own
+    ``should_prune``: the step each one is pruned at (None: it went on to the end)."""
+    ref = optuna.create_study(direction="maximize", pruner=make_pruner())
+    out: list[int | None] = []
+    for t in trials:
+        a = ref.ask()
+        stop = None
+        for step, value in sorted(t.intermediate_values.items()):
+            a.report(value, step)
+            if a.should_prune():
+                stop = step
+                break
+        ref.tell(a, state=TrialState.PRUNED) if stop else ref.tell(a, 0.0)
+        out.append(stop)
+    return out
+
+
+def test_at_a_rung_the_worker_decides_and_its_next_call_is_already_queued(tmp_path):
+    """Successive halving's gate (search.gate): behind a rung step the worker holds the trial's next step
+    (runs if it goes on) and the next trial's first step (runs if it stops), so it never waits for the
+    coordinator; with one worker every verdict is the one Optuna's ``should_prune`` gives."""
+    pruner = {"name": "successive_halving", "options": {"min_resource": 1, "reduction_factor": 3}}
+    c, slot, actor = _coordinator(tmp_path, pruner, n_trials=8)
+    # running values 1, 0.75, 0, 0, 0, 0.75, 0, 1: trial 5 goes on only because trial 4's rung value counts
+    # (6 competitors put the bar at the second best), which the coordinator had not seen when it sent trial
+    # 5's first step: the worker adds the rung records of its own decisions
+    three = [True, True, True, False]
+    outcomes = {0: True, 1: three, 5: three, 7: True}
+    c._top_up(slot)
+    assert actor.calls == [(0, 0), (0, 1), (1, 0)]  # rung step, its continuation, the next trial's start
+    gate, when = actor.run_step.sent[slot.inflight[0][2]][2:]
+    assert gate is not None and gate.step == 1 and when is None
+    assert actor.run_step.sent[slot.inflight[1][2]][3] == (gate.trial_id, 1, False)
+    assert actor.run_step.sent[slot.inflight[2][2]][3] == (gate.trial_id, 1, True)
+    clock = [0.0]
+    skipped = 0
+    while slot.inflight:
+        number = slot.inflight[0][0].trial.number
+        before = len(actor.run_step.ran)
+        _deliver(c, slot, outcomes.get(number, False), clock)
+        skipped += len(actor.run_step.ran) == before
+        told = sum(t.state != TrialState.RUNNING for t in c.study.get_trials())
+        assert slot.inflight or told == 8  # the worker always has its next call
+    assert c._waits == 0 and skipped > 0
+    trials = c.study.get_trials()
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    verdicts = _replay_verdicts(
+        trials, lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    )
+    assert [max(t.intermediate_values) if t.state == TrialState.PRUNED else None for t in trials] == verdicts
+    assert verdicts == [None, 1, 1, 1, 1, 3, 1, None]  # both verdicts; trial 5 passed the first rung
+    for t in trials:  # a pruned trial ran up to its verdict; nothing after it
+        ran = [k for n, k in actor.run_step.ran if n == t.number]
+        assert ran == list(range(max(t.intermediate_values) if t.state == TrialState.PRUNED else STEPS))
+        keys = sorted(k for k in t.system_attrs if k.startswith("completed_rung_"))
+        assert keys == [f"completed_rung_{i}" for i in range(len(keys))] and keys  # its rung records
+
+
+def test_a_baseline_goes_through_the_gate_without_being_stopped(tmp_path):
+    pruner = {"name": "successive_halving", "options": {"min_resource": 1, "reduction_factor": 3}}
+    baselines = [
+        {"name": "llm_lm", "method": "linear", "weight": 1.0},
+        {"name": "vlm_alone", "method": "linear", "weight": 0.0},
+    ]
+    c, slot, actor = _coordinator(tmp_path, pruner, n_trials=3, baselines=baselines)
+    c._top_up(slot)
+    clock = [0.0]
+    while c.study.trials[1].state == TrialState.RUNNING or c.study.trials[0].state == TrialState.RUNNING:
+        _deliver(c, slot, slot.inflight[0][0].trial.number == 0, clock)
+    t1 = c.study.trials[1]  # all wrong after an all-right trial: the pruner would stop it at step 1
+    assert t1.state == TrialState.COMPLETE and t1.user_attrs["n_items"] == 4 * STEPS
+    assert t1.system_attrs["completed_rung_0"] == 0.0  # its rung value is recorded all the same
+
+
+def test_a_following_trial_whose_first_step_raises_does_not_stall_its_worker(tmp_path):
+    ray = pytest.importorskip("ray")
+    pruner = {"name": "successive_halving", "options": {"min_resource": 1, "reduction_factor": 3}}
+    c, slot, actor = _coordinator(tmp_path, pruner, n_trials=4)
+    c._top_up(slot)
+    trial_a = slot.inflight[0][0]
+    trial_a.done = True  # trial 0 failed meanwhile (e.g. told FAIL by another path): its verdict never counts
+    follower = slot.following
+    assert follower is not None and follower.trial.number == 1
+    slot.inflight.popleft()  # trial 0's rung step: dropped
+    slot.inflight.popleft()  # its continuation: dropped
+    b, k, _ = slot.inflight.popleft()
+    assert b is follower and k == 0
+    err = ray.exceptions.RayTaskError("run_step", "traceback", RuntimeError("merge failed"))
+    c._on_error(slot, b, err)  # the follower's first step ran (the worker saw trial 0 stop) and raised
+    assert c.study.trials[1].state == TrialState.FAIL
+    assert slot.inflight and slot.inflight[0][0].trial.number == 2  # the worker goes on with a new trial

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
@@ -71,3 +73,14 @@ def test_periodic_jobs_are_not_submitted_again_while_queued_or_before_their_peri
     q.every("tally", 60.0, lambda: runs.append("forced"), force=True)
     q.close()
     assert runs == ["tally", "tally", "forced"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
+def test_the_store_thread_yields_the_cpu_and_the_callers_thread_keeps_its_priority():
+    q = StoreQueue(nice=7)
+    q.start()
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    store = q.call(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+    q.close()
+    assert store == min(19, base + 7)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base

@@ -1,0 +1,44 @@
+"""The running objective of a trial from its per-item records: shared by the coordinator (reports, tells)
+and the workers (successive halving's gate, ``search.gate``), so both compute the same float."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from search.spec import StudySpec
+
+
+def running_scores(records: list[dict[str, Any]], datasets: tuple[str, ...]) -> dict[str, float]:
+    """Accuracy per dataset over the records so far: correct / scored items (datasets with items only)."""
+    n: dict[str, int] = {}
+    c: dict[str, int] = {}
+    for r in records:
+        n[r["dataset"]] = n.get(r["dataset"], 0) + 1
+        c[r["dataset"]] = c.get(r["dataset"], 0) + int(bool(r["correct"]))
+    return {d: c[d] / n[d] for d in datasets if n.get(d)}
+
+
+def weighted_value(scores: dict[str, float], weights: dict[str, float]) -> float:
+    """``sum_d w_d·acc_d / sum_d w_d`` over the datasets in ``scores``, in the order of ``weights``."""
+    names = [d for d in weights if d in scores]
+    wsum = sum(weights[d] for d in names)
+    return sum(weights[d] * scores[d] for d in names) / wsum if wsum > 0 else 0.0
+
+
+def dataset_weights(spec: StudySpec, datasets: tuple[str, ...]) -> dict[str, float]:
+    """The study file's weight of each dataset (by its short name), in the workers' dataset order."""
+    return {d: spec.objectives.weight(short_name(d)) for d in datasets}
+
+
+def objective_values(scores: dict[str, float], spec: StudySpec, datasets: tuple[str, ...]) -> list[float]:
+    """``weighted``: [:func:`weighted_value`]; ``multi``: [acc_d per dataset]."""
+    if spec.objectives.mode == "multi":
+        return [scores.get(d, 0.0) for d in datasets]  # complete after the last chunk; only then told
+    return [weighted_value(scores, dataset_weights(spec, datasets))]
+
+
+def short_name(name: str) -> str:
+    """A dataset's name as the study file writes it (TSV paths → stem)."""
+    return Path(name).stem if name.endswith(".tsv") else name

@@ -48,14 +48,20 @@ class _Writes:
 class StudyView:
     """The study as a pruner reads it (``get_trials``, ``direction``, ``_storage``), from memory."""
 
-    def __init__(self, study: optuna.Study, max_age_s: float = 2.0, auto_refresh: bool = True) -> None:
-        self._study: optuna.Study | None = study
+    def __init__(
+        self,
+        study: optuna.Study | None,
+        max_age_s: float = 2.0,
+        auto_refresh: bool = True,
+        direction: StudyDirection | None = None,
+    ) -> None:
+        self._study = study  # None: a view of records only (see of_records)
         self.max_age_s = max_age_s
         self.auto_refresh = (
             auto_refresh  # False: the owner calls refresh (the coordinator, on its store thread)
         )
         self._lock = threading.Lock()
-        self.direction: StudyDirection = study.directions[0]
+        self.direction: StudyDirection = study.directions[0] if study is not None else direction
         self._storage = _Writes(self)
         self._trials: list[FrozenTrial] = []
         self._pending: list[tuple[int, str, Any]] = []
@@ -66,14 +72,8 @@ class StudyView:
     def of_records(cls, direction: StudyDirection, records: dict[int, dict[str, Any]]) -> StudyView:
         """A view of a study known only by its trials' system attributes (``search.gate``: a worker's copy
         of the rung records); it has no store behind it, so it is never refreshed or flushed."""
-        view = cls.__new__(cls)
-        view._study = None
-        view.max_age_s, view.auto_refresh = float("inf"), False
-        view._lock = threading.Lock()
-        view.direction = direction
-        view._storage = _Writes(view)
+        view = cls(None, max_age_s=float("inf"), auto_refresh=False, direction=direction)
         view._trials = [_running(-1, tid, attrs) for tid, attrs in records.items()]
-        view._pending, view._local, view._at = [], {}, 0.0
         return view
 
     def recorded(self, trial_id: int) -> dict[str, Any]:

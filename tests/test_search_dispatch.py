@@ -149,8 +149,16 @@ def test_pruning_points_wait_for_the_decision_and_waste_no_step(tmp_path):
     assert (1, 2) not in actor.calls and actor.calls[-2:] == [(2, 0), (2, 1)]  # the worker moved on at once
 
 
-def test_a_baseline_runs_in_full_whatever_the_pruner_says(tmp_path):
-    pruner = {"name": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 1}}
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        {"name": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 1}},
+        # decided on the worker (search.gate): the gate records the rung value and lets the baseline on
+        {"name": "successive_halving", "options": {"min_resource": 1, "reduction_factor": 3}},
+    ],
+    ids=["median", "gate"],
+)
+def test_a_baseline_runs_in_full_whatever_the_pruner_says(tmp_path, pruner):
     baselines = [
         {"name": "llm_lm", "method": "linear", "weight": 1.0},
         {"name": "vlm_alone", "method": "linear", "weight": 0.0},
@@ -165,6 +173,8 @@ def test_a_baseline_runs_in_full_whatever_the_pruner_says(tmp_path):
     t1 = c.study.trials[1]
     assert t1.user_attrs["baseline"] == "vlm_alone" and t1.state == TrialState.COMPLETE
     assert t1.value == 0.0 and t1.user_attrs["n_items"] == 4 * STEPS
+    if pruner["name"] == "successive_halving":
+        assert t1.system_attrs["completed_rung_0"] == 0.0  # its rung value is recorded all the same
     while c.study.trials[2].state == TrialState.RUNNING:
         _deliver(c, slot, False, clock)  # a sampled trial as bad as that baseline is pruned at step 1
     assert c.study.trials[2].state == TrialState.PRUNED and c.study.trials[2].user_attrs["n_items"] == 4
@@ -389,22 +399,6 @@ def test_at_a_rung_the_worker_decides_and_its_next_call_is_already_queued(tmp_pa
         assert ran == list(range(max(t.intermediate_values) if t.state == TrialState.PRUNED else STEPS))
         keys = sorted(k for k in t.system_attrs if k.startswith("completed_rung_"))
         assert keys == [f"completed_rung_{i}" for i in range(len(keys))] and keys  # its rung records
-
-
-def test_a_baseline_goes_through_the_gate_without_being_stopped(tmp_path):
-    pruner = {"name": "successive_halving", "options": {"min_resource": 1, "reduction_factor": 3}}
-    baselines = [
-        {"name": "llm_lm", "method": "linear", "weight": 1.0},
-        {"name": "vlm_alone", "method": "linear", "weight": 0.0},
-    ]
-    c, slot, actor = _coordinator(tmp_path, pruner, n_trials=3, baselines=baselines)
-    c._top_up(slot)
-    clock = [0.0]
-    while c.study.trials[1].state == TrialState.RUNNING or c.study.trials[0].state == TrialState.RUNNING:
-        _deliver(c, slot, slot.inflight[0][0].trial.number == 0, clock)
-    t1 = c.study.trials[1]  # all wrong after an all-right trial: the pruner would stop it at step 1
-    assert t1.state == TrialState.COMPLETE and t1.user_attrs["n_items"] == 4 * STEPS
-    assert t1.system_attrs["completed_rung_0"] == 0.0  # its rung value is recorded all the same
 
 
 def test_a_following_trial_whose_first_step_raises_does_not_stall_its_worker(tmp_path):

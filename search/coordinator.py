@@ -93,8 +93,9 @@ class RunningTrial:
     intermediate: dict[int, float] = field(default_factory=dict)  # running objective after each step
     system_attrs: dict[str, Any] = field(default_factory=dict)  # what the pruner recorded (rung values)
     baseline: str | None = None  # a reference point: run in full, whatever the pruner says
-    gate_step: int | None = None  # the worker decides after this many steps (a gated step is in flight)
+    gates: list[int] = field(default_factory=list)  # steps after which the worker decides, verdicts pending
     tagged: bool = False  # its worker is recorded (user attribute "worker")
+    gated_out: bool = False  # stopped by a worker's gate: its calls still queued return unrun
     reported: int = 0  # steps written with trial.report
     records: list[dict[str, Any]] = field(default_factory=list)
     merge_s: float = 0.0
@@ -411,8 +412,13 @@ class Coordinator:
         submitted before them (so the sampler sees every result told so far)."""
         if not self.store.threaded:
             return
+        # a trial following one on a worker counts as asked ahead: the next ask waits until it starts, so the
+        # sampler sees the verdict on the trial before it, as when trials were taken only once a worker was free
+        following = sum(1 for s in self.slots if s.following is not None)
         with self._ready_cv:
-            while not self._stop and len(self._ready) + self._asks_pending < max(1, len(self.slots)):
+            while not self._stop and len(self._ready) + self._asks_pending + following < max(
+                1, len(self.slots)
+            ):
                 self._asks_pending += 1
                 self.store.submit(self._ask_job)
 
@@ -581,13 +587,13 @@ class Coordinator:
         gate = None
         assert self.study is not None
         if gates(self.study.pruner, self.spec.multi_objective) and self._may_prune(r.next_k + 1):
-            r.gate_step = r.next_k + 1
+            r.gates.append(r.next_k + 1)
             gate = Gate(
                 pruner=self.study.pruner,
                 direction=self.study.direction,
                 number=r.trial.number,
                 trial_id=r.trial._trial_id,
-                step=r.gate_step,
+                step=r.next_k + 1,
                 weights=dataset_weights(self.spec, self.datasets),
                 rungs=self._view.rung_records(RUNG_PREFIX),
                 binding=r.baseline is None,
@@ -604,8 +610,15 @@ class Coordinator:
         while len(slot.inflight) < PIPELINE:
             r = slot.feeding
             if r is None or r.done or r.next_k >= len(self.steps):
-                # a new trial: at once on an idle worker, or queued behind a trial's last step
-                if slot.inflight and (slot.inflight[-1][0].done or r is None or r.next_k < len(self.steps)):
+                # a new trial: at once on an idle worker, or queued behind a trial's last step, or behind
+                # the calls of a trial a gate stopped (they return unrun); not behind a failed one's leftovers
+                tail = slot.inflight[-1][0] if slot.inflight else None
+                if tail is not None and (
+                    r is None
+                    or (tail.done and not tail.gated_out)
+                    or (not r.done and r.next_k < len(self.steps))
+                    or (r.done and not r.gated_out)
+                ):
                     return started
                 # a worker that still has calls queued does not hold up the loop waiting for the asker
                 nxt = self._next_for(slot, wait=not slot.inflight)
@@ -613,15 +626,17 @@ class Coordinator:
                     return started
                 slot.feeding = r = nxt
                 started.append(nxt)
-            elif r.gate_step is not None and r.next_k > r.gate_step:
+            elif r.gates and r.next_k > r.gates[-1]:
                 # the worker decides after a step in flight; the step behind it runs if the trial goes on,
                 # the next trial's first step (behind that) if it stops; nothing more before the verdict
-                self._follow(slot, When(r.trial._trial_id, r.gate_step, True), started)
+                self._follow(slot, When(r.trial._trial_id, r.gates[-1], True), started)
                 return started
             elif r.k < r.next_k and self._may_prune(r.next_k):
-                if r.gate_step != r.next_k:
+                if not r.gates or r.gates[-1] != r.next_k:
                     return started  # the coordinator decides after the step in flight: the next one waits
-                self._dispatch(slot, r, When(r.trial._trial_id, r.gate_step, False))
+                # on the verdict; a step that is a rung itself carries its own gate, and what follows it
+                # waits on that one (a verdict exists only where the step before ran)
+                self._dispatch(slot, r, When(r.trial._trial_id, r.gates[-1], False))
                 continue
             self._dispatch(slot, r)
         return started
@@ -642,13 +657,17 @@ class Coordinator:
     def _follow(self, slot: Slot, when: When, started: list[RunningTrial]) -> None:
         """Queue the next trial's first step on condition ``when`` (the trial being fed stops), if one is
         asked already and the worker has room."""
-        if slot.following is not None or len(slot.inflight) >= PIPELINE:
+        if len(slot.inflight) >= PIPELINE:
             return
-        nxt = self._take_next(wait=False)
+        nxt = slot.following
         if nxt is None:
-            return
-        slot.following = nxt
-        started.append(nxt)
+            nxt = self._take_next(wait=False)
+            if nxt is None:
+                return
+            slot.following = nxt
+            started.append(nxt)
+        elif nxt.next_k:
+            return  # its first step is out already, on this gate's verdict
         self._dispatch(slot, nxt, when)
 
     # ------------------------------------------------------------------ results
@@ -670,8 +689,10 @@ class Coordinator:
         self._busy += res["t_end"] - res["t_start"]
         if res.get("skipped"):  # its condition failed on the worker (search.gate): nothing ran
             self._skipped += 1
-            if not r.done and r.next_k == k + 1:
-                r.next_k = k  # a following trial's first step: sent again once the worker is free
+            if not r.done and r.next_k == k + 1:  # a following trial's first step: sent again (with its
+                r.next_k = k  # gate) once the worker is free
+                if k + 1 in r.gates:
+                    r.gates.remove(k + 1)
             self._tag_started(self._top_up(slot))
             return
         if r is slot.following:  # its conditional first step ran: the trial before it stopped
@@ -718,12 +739,13 @@ class Coordinator:
         """A worker's gate decided after ``r.k`` steps: keep the rung records the pruner made there (flushed
         with this coordinator's own), and when it stopped the trial, the following trial is the one fed (its
         conditional first step runs now). Returns whether ``r`` stops."""
-        r.gate_step = None
+        if r.k in r.gates:
+            r.gates.remove(r.k)
         r.intermediate[r.k] = value
         self._view.record(r.trial._trial_id, verdict["attrs"])
         r.system_attrs.update(verdict["attrs"])
         pruned = bool(verdict["pruned"]) and r.baseline is None
-        r.done = pruned
+        r.done = r.gated_out = pruned
         if pruned and slot.following is not None and slot.following.next_k:
             slot.feeding, slot.following = slot.following, None
         return pruned
@@ -950,7 +972,12 @@ class Coordinator:
                 if self.store.error is None and self._ready_list() and self._starts_ready():
                     continue
                 return
-            ready, _ = ray.wait(list(heads), num_returns=1, timeout=1.0)
+            # a worker whose trial waits on a gate wants the next trial queued behind it: look again as soon as
+            # the ask in progress may have brought one, not only at the next result
+            wanting = self._asks_pending and any(
+                s.feeding is not None and s.feeding.gates and s.following is None for s in self.slots
+            )
+            ready, _ = ray.wait(list(heads), num_returns=1, timeout=0.005 if wanting else 1.0)
             for ref in ready:
                 slot = heads[ref]
                 r, k, _ = slot.inflight.popleft()

@@ -418,3 +418,44 @@ def test_a_following_trial_whose_first_step_raises_does_not_stall_its_worker(tmp
     c._on_error(slot, b, err)  # the follower's first step ran (the worker saw trial 0 stop) and raised
     assert c.study.trials[1].state == TrialState.FAIL
     assert slot.inflight and slot.inflight[0][0].trial.number == 2  # the worker goes on with a new trial
+
+
+def test_a_trial_that_passes_a_gate_lets_the_next_trial_follow_it_again_at_the_next(tmp_path):
+    """8 steps, rungs after 1, 2 and 4 steps (a rung step right behind another): the next trial's first step, skipped while the trial before it
+    went on, is queued again behind that trial's next gate; the worker never waits, and every verdict is
+    Optuna's own."""
+    pruner = {"name": "successive_halving", "options": {"min_resource": 1, "reduction_factor": 2}}
+    c, slot, actor = _coordinator(tmp_path, pruner, n_trials=6)
+    c.steps = [[["A", 2], ["B", 2]]] * 8
+    levels = {0: [True] * 4, 1: [True, True, True, False], 2: [True, True, True, False], 3: [False] * 4}
+    c._top_up(slot)
+    clock = [0.0]
+    while slot.inflight:
+        r, k, _ = slot.inflight[0]
+        right = levels.get(r.trial.number, [True, False, True, False])
+        _deliver(c, slot, right if k < 2 else [False] * 4, clock)  # trials fall after their second step
+        assert slot.inflight or all(t.state != TrialState.RUNNING for t in c.study.get_trials())
+    assert c._waits == 0
+    trials = c.study.get_trials()
+    verdicts = _replay_verdicts(
+        trials, lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+    )
+    assert [max(t.intermediate_values) if t.state == TrialState.PRUNED else None for t in trials] == verdicts
+    assert verdicts[0] is None and 1 in verdicts  # the first trial passed every gate, others stopped
+    requeued = [n for n, k in actor.calls if k == 0]
+    assert len(requeued) > len(set(requeued))  # a following trial's first step was sent again
+
+
+def test_a_following_trial_counts_as_asked_ahead(tmp_path):
+    c, slot, actor = _coordinator(tmp_path, {"name": "none"}, n_trials=6)
+    c.store.start()
+    try:
+        slot.following = c.store.call(c._new_trial)
+        c._request_asks()
+        assert c._asks_pending == 0 and not c._ready  # one worker, one trial waiting: nothing more asked
+        slot.following = None
+        c._request_asks()
+        c.store.drain()
+        assert len(c._ready) == 1
+    finally:
+        c.store.close()

@@ -1,7 +1,9 @@
 """The coordinator's dispatch rules with a recording stand-in for the Ray actor (no Ray, real Optuna study).
 
-A worker holds at most two calls; the next step is queued before the previous result only where no
-pruning decision can come between them, so a pruned trial never costs a step it did not need.
+A worker holds at most ``PIPELINE`` calls; the next step is queued before the previous result where no
+pruning decision can come between them, or, at successive halving's rungs, on condition of the verdict the
+worker reaches itself (search.gate: the stand-in runs the worker's own ``GateBook``), so a pruned trial
+never runs a step it did not need.
 """
 
 from __future__ import annotations

@@ -713,21 +713,17 @@ class Coordinator:
             )
             started = self._top_up(slot)
             self._finish(r, TrialState.COMPLETE, scores, values)
-        elif res.get("gate") is not None:  # the worker decided
-            pruned = self._take_verdict(slot, r, values[0], res["gate"])
-            started = self._top_up(slot)
-            self.store.submit(self._report, r, r.k, values[0])
-            self.store.submit(self._view.flush)  # the pruner's records (rung values)
-            if pruned:
-                self._finish(r, TrialState.PRUNED, scores, values)
-        elif r.next_k > r.k:  # the next step is already queued: no decision was possible here
+        elif res.get("gate") is None and r.next_k > r.k:
+            # the next step is already queued: no decision was possible here
             started = self._top_up(slot)
             r.intermediate[r.k] = values[0]
             if not self.spec.multi_objective and self._report_here(r.k):
                 self.store.submit(self._report, r, r.k, values[0])
-        else:
-            pruned = self._decide(r, values[0])
-            r.done = pruned  # before refilling: a pruned trial's worker moves on to the next trial
+        else:  # a verdict: the worker's gate, or the pruner on the coordinator's copy of the study
+            if res.get("gate") is not None:
+                pruned = self._take_verdict(slot, r, values[0], res["gate"])
+            else:
+                pruned = r.done = self._decide(r, values[0])  # before refilling: the worker moves on
             started = self._top_up(slot)
             self.store.submit(self._report, r, r.k, values[0])
             self.store.submit(self._view.flush)  # the pruner's records (rung values)

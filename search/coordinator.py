@@ -45,6 +45,8 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +61,7 @@ from search.prune_view import StudyView, local_decision
 from search.resolve import Resolved
 from search.space import SearchSpace
 from search.spec import StudySpec
-from search.storage import open_study, trials_read_once
+from search.storage import open_study, trials_read_once, write_trial_attrs
 from search.store_queue import StoreQueue
 from search.worker import WorkerConfig, remote_worker_class
 
@@ -147,6 +149,7 @@ class RunSummary:
     loop_cpu_s: float = 0.0  # CPU time of the coordinator process (every thread) during the loop
     store_cpu_s: float = 0.0  # of which the store thread's jobs (asks, tells, writes, reads)
     dispatch_cpu_s: float = 0.0  # of which the loop's own thread (results, decisions, dispatch)
+    optuna_cpu_s: float = 0.0  # of the store thread's: Optuna's ask and sampler, report and tell
 
 
 def _pid_alive(pid: int) -> bool:
@@ -195,6 +198,7 @@ class Coordinator:
         self._ready: deque[RunningTrial] = deque()  # asked ahead on the store thread
         self._ready_cv = threading.Condition()
         self._asks_pending = 0  # ask jobs submitted and not yet run
+        self._asked = 0  # ask jobs ended (the loop looks for a new trial only when this moves)
         self._mine: set[int] = set()  # numbers of the trials this coordinator asked and has not told
         self._owns_ray = False
         self._stop: str | None = None
@@ -203,10 +207,13 @@ class Coordinator:
         self._n_complete = 0
         self._last_counted = 0  # COMPLETE + PRUNED + RUNNING at the last count, plus trials asked since
         self._counted_at = -1e9
+        # the last ask's read of the study: when, the trials, the number of the trial it asked
+        self._read_at_ask: tuple[float, list[FrozenTrial], int] | None = None
         self._busy = 0.0
         self._idle = 0.0
         self._waits = 0
         self._skipped = 0
+        self._optuna_cpu_s = 0.0  # CPU time in Optuna's ask, sampler, report and tell (RunSummary)
 
     # ------------------------------------------------------------------ study bookkeeping (single writer)
 
@@ -346,8 +353,8 @@ class Coordinator:
 
     def _surplus(self, number: int) -> bool:
         """True when lower-numbered counted trials already fill the budget (a race between coordinators)."""
-        if self.spec.n_trials is None:
-            return False
+        if self.spec.n_trials is None or number < self.spec.n_trials:
+            return False  # trial numbers count every trial before this one: fewer than n_trials exist
         if self._last_counted + 8 < self.spec.n_trials:
             return False  # far from the end of the budget: no race can overfill it (skips a query)
         assert self.study is not None
@@ -361,7 +368,8 @@ class Coordinator:
 
         assert self.study is not None
         while self._budget_left():
-            with trials_read_once(self.study):  # one read of the trials for the ask and the sampler
+            # one read of the trials for the ask and the sampler
+            with self._optuna_time(), trials_read_once(self.study) as read:
                 trial = self.study.ask()
                 self._mine.add(trial.number)
                 baseline = trial.user_attrs.get("baseline")
@@ -370,28 +378,30 @@ class Coordinator:
                 else:
                     recipe = self.space.suggest(trial)
             self._last_counted += 1
-            trial.set_user_attr("coordinator", self.id)
+            if read:  # the study as it was before this ask: the next tally may take it instead of a read
+                self._read_at_ask = (time.monotonic(), read[0], trial.number)
             if self._surplus(trial.number):  # a fresh count: the race it settles is with other coordinators
                 self._fail(trial.number, "surplus: another coordinator filled n_trials first")
                 self._stop = "n_trials reached"
                 return None
-            trial.set_user_attr("recipe", recipe)
+            attrs: dict[str, Any] = {"coordinator": self.id, "recipe": recipe}
             try:
-                recipe_id = Recipe.from_dict(recipe).id
+                recipe_id = attrs["recipe_id"] = Recipe.from_dict(recipe).id
             except MergesearchError as err:
+                write_trial_attrs(self.study, {trial._trial_id: (attrs, {})})
                 self._fail(trial.number, f"invalid recipe: {err}")
                 self._note_fail(trial.number, f"invalid recipe: {err}")
                 continue
-            trial.set_user_attr("recipe_id", recipe_id)
             label = baseline or _describe(recipe)
             cached = self._cache.get(recipe_id)
             if isinstance(cached, int):
                 cached = self._cache[recipe_id] = self.study._storage.get_trial(cached)
             if cached is not None:  # same recipe already scored: the result is deterministic, reuse it
-                for key in ("scores", "merge_s", "eval_s", "worker", "n_items"):
-                    if key in cached.user_attrs:
-                        trial.set_user_attr(key, cached.user_attrs[key])
-                trial.set_user_attr("cached_from", cached.number)
+                keys = ("scores", "merge_s", "eval_s", "worker", "n_items")
+                attrs.update({k: cached.user_attrs[k] for k in keys if k in cached.user_attrs})
+                attrs["cached_from"] = cached.number
+            write_trial_attrs(self.study, {trial._trial_id: (attrs, {})})  # one transaction, not one each
+            if cached is not None:
                 self.study.tell(trial, cached.values)
                 self._mine.discard(trial.number)
                 self._n_complete += 1
@@ -433,6 +443,7 @@ class Coordinator:
                 self._asks_pending -= 1
                 if nxt is not None:
                     self._ready.append(nxt)
+                self._asked += 1
                 self._ready_cv.notify_all()
 
     def _ready_list(self) -> list[RunningTrial]:
@@ -726,9 +737,10 @@ class Coordinator:
                 pruned = r.done = self._decide(r, values[0])  # before refilling: the worker moves on
             started = self._top_up(slot)
             self.store.submit(self._report, r, r.k, values[0])
-            self.store.submit(self._view.flush)  # the pruner's records (rung values)
-            if pruned:
+            if pruned:  # the pruner's records (rung values) go with the trial's last attributes
                 self._finish(r, TrialState.PRUNED, scores, values)
+            else:
+                self.store.submit(self._view.flush)
         self._tag_started(started)
 
     def _take_verdict(self, slot: Slot, r: RunningTrial, value: float, verdict: dict[str, Any]) -> bool:
@@ -769,6 +781,16 @@ class Coordinator:
             verdict = self.store.call(report_and_ask)
         return verdict and r.baseline is None
 
+    @contextmanager
+    def _optuna_time(self) -> Iterator[None]:
+        """Adds the CPU time the block takes on this thread to ``optuna_cpu_s``: what a trial costs the
+        coordinator before any bookkeeping of its own (benchmarks/search_throughput.py)."""
+        t0 = time.thread_time()
+        try:
+            yield
+        finally:
+            self._optuna_cpu_s += time.thread_time() - t0
+
     def _report_here(self, step: int) -> bool:
         from search.pruners import reports_step
 
@@ -778,7 +800,8 @@ class Coordinator:
     def _report(self, r: RunningTrial, step: int, value: float) -> None:
         """Store thread: ``trial.report(value, step)`` once per step (Optuna ignores a second report)."""
         if r.reported < step:
-            r.trial.report(value, step)
+            with self._optuna_time():
+                r.trial.report(value, step)
             r.reported = step
 
     def _tag_started(self, started: list[RunningTrial]) -> None:
@@ -800,15 +823,19 @@ class Coordinator:
     ) -> None:
         assert self.study is not None
         trial = r.trial
-        trial.set_user_attr("scores", {short_name(d): v for d, v in scores.items()})
-        trial.set_user_attr("n_items", len(r.records))
-        trial.set_user_attr("merge_s", round(r.merge_s, 4))
-        trial.set_user_attr("eval_s", round(r.eval_s, 4))
+        attrs = {
+            "scores": {short_name(d): v for d, v in scores.items()},
+            "n_items": len(r.records),
+            "merge_s": round(r.merge_s, 4),
+            "eval_s": round(r.eval_s, 4),
+        }
+        self._view.flush({trial._trial_id: attrs})  # with the pruner's rung records, one transaction
         self._write_records(trial.number, r.records)
-        if state == TrialState.PRUNED:
-            self.study.tell(trial, state=TrialState.PRUNED)
-        else:
-            self.study.tell(trial, values if self.spec.multi_objective else values[0])
+        with self._optuna_time():
+            if state == TrialState.PRUNED:
+                self.study.tell(trial, state=TrialState.PRUNED)
+            else:
+                self.study.tell(trial, values if self.spec.multi_objective else values[0])
             self._cache.setdefault(r.recipe_id, trial._trial_id)  # read back only if the recipe comes again
             if isinstance(self.study.pruner, optuna.pruners.PercentilePruner):
                 self._view.refresh(force=True)  # the next decision compares with this trial
@@ -864,15 +891,26 @@ class Coordinator:
 
     # ------------------------------------------------------------------ main loop
 
-    def _refresh_tally(self) -> None:
+    def _refresh_tally(self, fresh: bool = False) -> None:
         """Store thread (1 Hz, see ``_periodic``): one read of the study serves the progress panel (counts,
-        best trial), the budget's count and the pruner's copy of the study."""
+        best trial), the budget's count and the pruner's copy of the study. Unless ``fresh``, the read the
+        last ask made serves when it is under a second old (trials that end within a second are asked for
+        more often than that), with the trial that ask took counted RUNNING."""
         assert self.study is not None
         self._view.flush()  # the pruner's records go in before the read
-        trials = self.study.get_trials(deepcopy=False)
+        at_ask, self._read_at_ask = self._read_at_ask, None
+        if not fresh and at_ask is not None and time.monotonic() - at_ask[0] < 1.0:
+            at, trials, asked = at_ask
+        else:
+            at, trials, asked = time.monotonic(), self.study.get_trials(deepcopy=False), None
         self._view.refresh(trials=trials)
         counted, counts = self._counted(trials)
-        self._last_counted, self._counted_at = counted, time.monotonic()
+        if asked is not None:  # not in that read (a new trial), or WAITING there (an enqueued one)
+            if any(t.number == asked and t.state == TrialState.WAITING for t in trials):
+                counts["WAITING"] -= 1
+            counts["RUNNING"] = counts.get("RUNNING", 0) + 1
+            counted += 1
+        self._last_counted, self._counted_at = counted, at
         t = self.tally
         t.complete, t.pruned = counts.get("COMPLETE", 0), counts.get("PRUNED", 0)
         self._n_complete = max(self._n_complete, t.complete)  # other coordinators' trials count too
@@ -929,6 +967,7 @@ class Coordinator:
             loop_cpu_s=getattr(self, "_loop_cpu_s", 0.0),
             store_cpu_s=self.store.cpu_s,
             dispatch_cpu_s=getattr(self, "_dispatch_cpu_s", 0.0),
+            optuna_cpu_s=self._optuna_cpu_s,
         )
 
     def _loop(self) -> None:
@@ -943,7 +982,7 @@ class Coordinator:
         self.store.start()
         try:
             self._dispatch_until_done()
-            self.store.call(self._refresh_tally)  # the final counts on the panel
+            self.store.call(self._refresh_tally, True)  # the final counts on the panel
         finally:
             gc.unfreeze()
         if self.store.error is not None:
@@ -973,7 +1012,12 @@ class Coordinator:
             wanting = self._asks_pending and any(
                 s.feeding is not None and s.feeding.gates and s.following is None for s in self.slots
             )
-            ready, _ = ray.wait(list(heads), num_returns=1, timeout=0.005 if wanting else 1.0)
+            asked = self._asked
+            ready, _ = ray.wait(list(heads), num_returns=1, timeout=0.02 if wanting else 1.0)
+            while wanting and not ready and asked == self._asked and self._asks_pending:
+                # nothing came back and no ask ended: wait again without going over every worker
+                self._periodic()
+                ready, _ = ray.wait(list(heads), num_returns=1, timeout=0.02)
             for ref in ready:
                 slot = heads[ref]
                 r, k, _ = slot.inflight.popleft()

@@ -29,6 +29,8 @@ from optuna.pruners import PercentilePruner, SuccessiveHalvingPruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from search.storage import write_trial_attrs
+
 if TYPE_CHECKING:
     import optuna
 
@@ -108,14 +110,20 @@ class StudyView:
             self._trials = trials
             self._at = time.monotonic()
 
-    def flush(self) -> None:
-        """Write the pruner's recorded system attributes to the store (a view of records has none)."""
+    def flush(self, user_attrs: dict[int, dict[str, Any]] | None = None) -> None:
+        """Write the pruner's recorded system attributes to the store (a view of records has none), in one
+        transaction with ``user_attrs`` (trial id → user attributes) when given."""
         if self._study is None:
             return
         with self._lock:
             pending, self._pending = self._pending, []
+        writes: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {
+            tid: (dict(attrs), {}) for tid, attrs in (user_attrs or {}).items()
+        }
         for trial_id, key, value in pending:
-            self._study._storage.set_trial_system_attr(trial_id, key, value)
+            writes.setdefault(trial_id, ({}, {}))[1][key] = value
+        if writes:
+            write_trial_attrs(self._study, writes)
 
     @property
     def n_complete(self) -> int:

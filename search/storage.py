@@ -186,8 +186,9 @@ def open_study(
 
 
 @contextmanager
-def trials_read_once(study: optuna.Study) -> Iterator[None]:
-    """Inside the block, the study's trials are read from the store once: later reads get that snapshot.
+def trials_read_once(study: optuna.Study) -> Iterator[list[list[optuna.trial.FrozenTrial]]]:
+    """Inside the block, the study's trials are read from the store once: later reads get that snapshot,
+    which the block's target list holds once read (for the caller to reuse after the block).
 
     For one ask and its suggestions. ``study.ask`` reads every trial to find an enqueued one, and TPE
     with ``constant_liar`` (and ``group``) reads every trial again for each parameter group, bypassing
@@ -202,6 +203,7 @@ def trials_read_once(study: optuna.Study) -> Iterator[None]:
     storage = study._storage
     read = storage.get_all_trials
     snapshot: list[FrozenTrial] | None = None
+    taken: list[list[FrozenTrial]] = []
 
     def get_all_trials(
         study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
@@ -211,11 +213,47 @@ def trials_read_once(study: optuna.Study) -> Iterator[None]:
             return read(study_id, deepcopy=deepcopy, states=states)
         if snapshot is None:
             snapshot = read(study_id, deepcopy=False)
+            taken.append(snapshot)
         trials = snapshot if states is None else [t for t in snapshot if t.state in states]
         return copy.deepcopy(trials) if deepcopy else list(trials)
 
     storage.get_all_trials = get_all_trials  # type: ignore[method-assign]
     try:
-        yield
+        yield taken
     finally:
         del storage.get_all_trials  # the class's method again
+
+
+def write_trial_attrs(
+    study: optuna.Study,
+    attrs: dict[int, tuple[dict[str, Any], dict[str, Any]]],
+) -> None:
+    """Set user and system attributes of running trials, ``{trial_id: (user_attrs, system_attrs)}``.
+
+    The rows are those of ``Trial.set_user_attr`` / ``storage.set_trial_system_attr`` (an attribute
+    already set is replaced), written in order. On an RDB storage they go in one transaction: Optuna
+    commits each of those calls on its own, a session and a commit per attribute (on SQLite here ~2.3 ms
+    of CPU each; the same four attributes in one transaction cost ~1.45 ms each). Other storages get one
+    call per attribute. Not atomic: the first write that fails raises (a trial finished meanwhile:
+    ``UpdateFinishedTrialError``) and the writes after it are not made; those before it may be kept,
+    since Optuna's check reads the finished trial through the same session and commits it.
+    """
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a read cache
+    batch = getattr(backend, "_set_trial_attr_without_commit", None)
+    if batch is None or not hasattr(backend, "scoped_session"):
+        for trial_id, (user, system) in attrs.items():
+            for key, value in user.items():
+                storage.set_trial_user_attr(trial_id, key, value)
+            for key, value in system.items():
+                storage.set_trial_system_attr(trial_id, key, value)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(backend.scoped_session) as session:
+        for trial_id, (user, system) in attrs.items():
+            for key, value in user.items():
+                batch(session, models.TrialUserAttributeModel, trial_id, key, value)
+            for key, value in system.items():
+                batch(session, models.TrialSystemAttributeModel, trial_id, key, value)

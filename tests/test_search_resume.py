@@ -70,7 +70,8 @@ def test_baselines_enqueued_once_and_first(tmp_path):
     assert first.recipe["vlm"] == "/m/vlm"  # the resolved models, not the study file's ids
     second = c1._new_trial()
     assert second is not None and second.recipe["method"] == "task_arithmetic"
-    assert second.trial.user_attrs["recipe_id"] == second.recipe_id
+    stored = c1.study.trials[second.trial.number]  # the store's copy, not the Trial object's
+    assert stored.user_attrs["recipe_id"] == second.recipe_id and stored.user_attrs["coordinator"] == c1.id
 
 
 def test_orphans_of_a_dead_coordinator_are_failed_and_requeued(tmp_path):
@@ -125,6 +126,45 @@ def test_budget_counts_running_and_surplus_loses(tmp_path):
     # a third trial asked in a race (another coordinator) is the surplus one: higher number loses
     t3 = c.study.ask()
     assert c._surplus(t3.number) and not c._surplus(b.trial.number)
+
+
+def test_surplus_reads_the_store_only_where_the_budget_could_be_overfilled(tmp_path, monkeypatch):
+    spec = _spec(tmp_path, baselines=[], n_trials=10)
+    c = Coordinator(spec, RES, live=False)
+    c.open()
+    c._last_counted = 9  # near the end of the budget: the count alone would not settle it
+    reads = []
+    real = c.study.get_trials
+    monkeypatch.setattr(c.study, "get_trials", lambda *a, **k: reads.append(1) or real(*a, **k))
+    # trial 9 has 9 trials before it, whatever their states: fewer than n_trials, so it cannot be surplus
+    assert not c._surplus(9) and reads == []
+    first = [c.study.ask() for _ in range(10)]
+    assert c._surplus(10) and reads == [1]  # trials 0-9 RUNNING fill the budget: 10 is surplus
+    c.study.tell(first[0], state=TrialState.FAIL)  # a failed trial frees its place
+    assert not c._surplus(10) and reads == [1, 1]
+
+
+@pytest.mark.parametrize("enqueued", [False, True])
+def test_tally_takes_the_last_asks_read_with_the_asked_trial_counted(tmp_path, monkeypatch, enqueued):
+    baselines = [{"name": "vlm_alone", "method": "linear", "weight": 0.0}] if enqueued else []
+    spec = _spec(tmp_path, baselines=baselines, n_trials=10)
+    c = Coordinator(spec, RES, live=False)
+    c.open()
+    # another coordinator's finished trial, and one of its running ones (an ask would take the baseline)
+    c.study.add_trial(optuna.trial.create_trial(value=0.5))
+    c.study._storage.create_new_trial(c.study._study_id)
+    nxt = c._new_trial()  # the enqueued baseline (WAITING in the ask's read) or a new trial
+    assert nxt is not None and (nxt.baseline == "vlm_alone") == enqueued
+    reads = []
+    real = c.study.get_trials
+    monkeypatch.setattr(c.study, "get_trials", lambda *a, **k: reads.append(1) or real(*a, **k))
+    c._refresh_tally()
+    assert reads == []  # the ask's read served
+    shown = (c.tally.complete, c.tally.running, c.tally.waiting, c._last_counted, c.tally.best)
+    c._refresh_tally()  # that read serves once: the next tally reads the store
+    assert reads == [1]
+    fresh = (c.tally.complete, c.tally.running, c.tally.waiting, c._last_counted, c.tally.best)
+    assert shown == fresh == (1, 2, 0, 3, 0.5)
 
 
 def test_invalid_baseline_fails_with_reason_and_study_goes_on(tmp_path):

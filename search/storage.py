@@ -103,8 +103,9 @@ def check_storage_url(url: str) -> None:
 
 def _sqlite_creator(path: Path) -> Callable[[], Any]:
     """Connections in WAL mode with ``synchronous=NORMAL``: a commit costs ~2 ms instead of ~20 ms
-    (the coordinator commits ~10 user attributes per trial), and readers (status, dashboard) do not block
-    the writer. WAL needs a local file system, which a SQLite study should be on anyway."""
+    (a trial costs ~12 commits: its parameters, reports, attributes and tell), and readers (status,
+    dashboard) do not block the writer. WAL needs a local file system, which a SQLite study should be on
+    anyway."""
     import sqlite3
 
     def connect() -> sqlite3.Connection:

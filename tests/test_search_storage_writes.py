@@ -26,7 +26,9 @@ def _storage(kind: str, tmp_path) -> optuna.storages.BaseStorage:
     if kind == "sqlite":
         return optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/w.db")
     try:
-        return optuna.storages.RDBStorage(SERVERS[kind], engine_kwargs={"connect_args": {"connect_timeout": 3}})
+        return optuna.storages.RDBStorage(
+            SERVERS[kind], engine_kwargs={"connect_args": {"connect_timeout": 3}}
+        )
     except Exception as err:  # noqa: BLE001 - any failure to reach the server means: not available here
         require(False, f"{kind} is not reachable at {SERVERS[kind]}: {type(err).__name__}")
         raise

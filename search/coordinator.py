@@ -831,10 +831,11 @@ class Coordinator:
         }
         self._view.flush({trial._trial_id: attrs})  # with the pruner's rung records, one transaction
         self._write_records(trial.number, r.records)
-        with self._optuna_time():
-            if state == TrialState.PRUNED:
+        if state == TrialState.PRUNED:
+            with self._optuna_time():
                 self.study.tell(trial, state=TrialState.PRUNED)
-            else:
+        else:
+            with self._optuna_time():
                 self.study.tell(trial, values if self.spec.multi_objective else values[0])
             self._cache.setdefault(r.recipe_id, trial._trial_id)  # read back only if the recipe comes again
             if isinstance(self.study.pruner, optuna.pruners.PercentilePruner):

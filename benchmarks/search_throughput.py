@@ -33,7 +33,10 @@ workers and a coordinator that needs ``k`` s of CPU per trial of ``c`` s of work
 so two workers score at most ``2 / (1 + k/c)`` times what one does (one worker leaves the coordinator the
 other core). The second ceiling counts only the part of ``k`` that is Optuna's own work on the store thread
 (``study.ask`` with the sampler's suggestions, ``trial.report``, ``study.tell``: its RDB storage commits each
-parameter and reads the trial back), the floor for any coordinator that asks and tells through Optuna's API. Targets (issue #6 §8): coordinator overhead < 2% of trial time; 2 workers >= 1.7x
+parameter and reads the trial back), the floor for any coordinator that asks and tells through Optuna's API.
+Both ceilings take the workers' CPU per item as equal in the two runs; the last line measures it (each call
+returns its CPU time) and splits the ratio into the share of the cores the workers computed on and the
+change in CPU per item. Targets (issue #6 §8): coordinator overhead < 2% of trial time; 2 workers >= 1.7x
 the throughput of 1. The machine is shared: run it more than once and quote the range.
 
     .venv/bin/python benchmarks/search_throughput.py [--trials 32] [--study studies/toy.toml]
@@ -121,7 +124,7 @@ def main() -> int:
     p.add_argument("--study", default="studies/toy.toml")
     p.add_argument("--trials", type=int, default=32)
     a = p.parse_args()
-    rows, per_h, waits, share, floor_share = {}, {}, {}, {}, {}
+    rows, per_h, waits, share, floor_share, runs = {}, {}, {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as d:
         for w, pruner in ((1, None), (2, None), (1, "none"), (2, "none")):
             s, cached, items = run_once(a.study, w, a.trials, Path(d), pruner)
@@ -133,13 +136,15 @@ def main() -> int:
             share[(w, pruner)] = cpu / busy
             floor_share[(w, pruner)] = s.optuna_cpu_s / n / busy
             waits[(w, pruner)] = (s.worker_waits, s.worker_idle_s, s.worker_busy_s)
+            runs[(w, pruner)] = (s, items)
             print(
                 f"{w} worker(s), pruner {pruner or 'of the study'}: {n} trials ({s.counts.get('PRUNED', 0)} pruned, "
                 f"{cached} reused, {s.skipped_calls} calls skipped), {items} proxy items in {s.loop_s:.1f} s of "
                 f"dispatch = {n * 3600 / s.loop_s:.0f} "
                 f"trials/h, {items / s.loop_s:.0f} items/s | worker compute {busy:.2f} s/trial, idle between calls "
                 f"{1000 * s.worker_idle_s / n:.1f} ms/trial = {100 * s.worker_idle_s / s.worker_busy_s:.2f}% "
-                f"(target < 2%) | coordinator CPU {1000 * cpu:.0f} ms/trial = {100 * cpu / busy:.1f}% of compute "
+                f"(target < 2%), worker CPU {1000 * s.worker_cpu_s / items:.2f} ms/item "
+                f"| coordinator CPU {1000 * cpu:.0f} ms/trial = {100 * cpu / busy:.1f}% of compute "
                 f"(store thread {1000 * s.store_cpu_s / n:.0f}, of which Optuna's ask, sampler, report and tell "
                 f"{1000 * s.optuna_cpu_s / n:.0f}; dispatch thread {1000 * s.dispatch_cpu_s / n:.0f}, "
                 f"Ray's and other threads {1000 * (s.loop_cpu_s - s.store_cpu_s - s.dispatch_cpu_s) / n:.0f})"
@@ -163,6 +168,15 @@ def main() -> int:
             f"(target >= 1.7x); the cores' ceiling with the coordinator's CPU of the 2-worker run: "
             f"{2 / (1 + share[(2, pruner)]):.2f}x, with only Optuna's ask, sampler, report and tell of it: "
             f"{2 / (1 + floor_share[(2, pruner)]):.2f}x"
+        )
+        (s1, items1), (s2, items2) = runs[(1, pruner)], runs[(2, pruner)]
+        u1, u2 = s1.worker_cpu_s / s1.loop_s, s2.worker_cpu_s / (2 * s2.loop_s)
+        c1, c2 = s1.worker_cpu_s / items1, s2.worker_cpu_s / items2
+        print(
+            f"  = 2 x {u2 / u1:.3f} (the workers computed on {100 * u2:.1f}% of the 2 cores with 2 workers, on "
+            f"{100 * u1:.1f}% of one with 1; with 2, the coordinator took {100 * s2.loop_cpu_s / (2 * s2.loop_s):.1f}%"
+            f", the rest is Ray, the system, start-up and the idle end) x {c1 / c2:.3f} (worker CPU per item, "
+            f"{1000 * c1:.2f} ms with 1 worker, {1000 * c2:.2f} ms with 2: the workers share caches and memory)"
         )
     print(f"cores on this machine: {os.cpu_count()}, load avg {os.getloadavg()[0]:.1f}")
     return 0

@@ -142,6 +142,7 @@ class RunSummary:
     loop_s: float = 0.0  # from the first dispatch to the last result (wall_s minus Ray and model start-up)
     worker_busy_s: float = 0.0  # sum over calls of their time on the worker
     worker_idle_s: float = 0.0  # sum over workers of the gaps between consecutive calls (worker clock)
+    worker_cpu_s: float = 0.0  # sum over calls of their CPU time on the worker (busy minus pre-emption)
     worker_waits: int = (
         0  # calls sent to a worker that had nothing queued (it waited for a decision or a trial)
     )
@@ -211,6 +212,7 @@ class Coordinator:
         self._read_at_ask: tuple[float, list[FrozenTrial], int] | None = None
         self._busy = 0.0
         self._idle = 0.0
+        self._worker_cpu = 0.0
         self._waits = 0
         self._skipped = 0
         self._optuna_cpu_s = 0.0  # CPU time in Optuna's ask, sampler, report and tell (RunSummary)
@@ -698,6 +700,7 @@ class Coordinator:
             self._idle += max(0.0, res["t_start"] - slot.last_end)
         slot.last_end = res["t_end"]
         self._busy += res["t_end"] - res["t_start"]
+        self._worker_cpu += res.get("cpu_s", 0.0)
         if res.get("skipped"):  # its condition failed on the worker (search.gate): nothing ran
             self._skipped += 1
             if not r.done and r.next_k == k + 1:  # a following trial's first step: sent again (with its
@@ -963,6 +966,7 @@ class Coordinator:
             loop_s=getattr(self, "_loop_s", 0.0),
             worker_busy_s=self._busy,
             worker_idle_s=self._idle,
+            worker_cpu_s=self._worker_cpu,
             worker_waits=self._waits,
             skipped_calls=self._skipped,
             loop_cpu_s=getattr(self, "_loop_cpu_s", 0.0),

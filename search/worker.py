@@ -126,10 +126,11 @@ class TrialWorker:
 
         ``when``: a condition on an earlier gate's verdict; unmet, nothing runs (``{"skipped": True}``).
         ``gate``: decide after this step (the result's ``gate``: verdict, value, rung records).
-        ``t_start`` / ``t_end``: ``time.time()`` on this worker when the call began and ended."""
+        ``t_start`` / ``t_end``: ``time.time()`` on this worker when the call began and ended; ``cpu_s``: the
+        CPU time the call took on this thread (below ``t_end - t_start`` when the cores are shared)."""
         from merge_core import Recipe
 
-        t_start = time.time()
+        t_start, cpu_start = time.time(), time.thread_time()
         if not self.book.admits(when):
             return {"skipped": True, "worker": self.label, "t_start": t_start, "t_end": time.time()}
         merge_s = 0.0
@@ -152,6 +153,7 @@ class TrialWorker:
             "gate": verdict,
             "t_start": t_start,
             "t_end": time.time(),
+            "cpu_s": time.thread_time() - cpu_start,
         }
 
     def ping(self) -> str:

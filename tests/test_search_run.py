@@ -149,6 +149,8 @@ def test_study_completes_with_trial_records(toy_study):
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
     assert summary.finished_here == 5 and summary.stop_reason == "n_trials reached"
+    # each call's CPU time on its worker thread: most of its wall time (the workers merged and scored), never more
+    assert 0.3 * summary.worker_busy_s < summary.worker_cpu_s <= summary.worker_busy_s + 0.01
     assert [t.user_attrs.get("baseline") for t in trials[:2]] == ["vlm_alone", "ta_0.5_1.0"]
     workers = set()
     for t in trials:

@@ -901,7 +901,7 @@ class Coordinator:
         last ask made serves when it is under a second old (trials that end within a second are asked for
         more often than that), with the trial that ask took counted RUNNING."""
         assert self.study is not None
-        self._view.flush()  # the pruner's records go in before the read
+        self._view.flush()  # the pruner's records to the store (the view keeps its own copy of them too)
         at_ask, self._read_at_ask = self._read_at_ask, None
         if not fresh and at_ask is not None and time.monotonic() - at_ask[0] < 1.0:
             at, trials, asked = at_ask

@@ -1,7 +1,7 @@
 """Successive halving decided on the worker, so a worker goes on at a rung without a round trip.
 
 At a rung the worker used to wait for the coordinator's verdict: one Ray round trip (~3 ms here) plus the
-coordinator's turn, for most trials of a pruned toy study, whose trials last ~0.1 s. Instead the step
+coordinator's turn, for most trials of a pruned toy study, whose trials last ~0.5 s. Instead the step
 after which successive halving may act carries a :class:`Gate`: the pruner, the rung records of the study
 as the coordinator holds them when it sends the step, and the dataset weights. The worker computes the
 running objective from the trial's records, runs the same Optuna pruner on the same view

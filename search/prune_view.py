@@ -99,7 +99,8 @@ class StudyView:
 
     def refresh(self, force: bool = False, trials: list[FrozenTrial] | None = None) -> None:
         """Re-read every trial when forced or older than ``max_age_s`` (pending writes are flushed first);
-        ``trials``: a read of the study the caller made after a :meth:`flush`, taken instead of another."""
+        ``trials``: a read of the study the caller made, taken instead of another (the records this view made
+        stay in its own copy, laid over any read, so one older than the last flush loses none of them)."""
         if force or trials is not None or time.monotonic() - self._at > self.max_age_s:
             if trials is None:
                 self.flush()

@@ -61,6 +61,7 @@ import itertools
 import os
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,13 +143,11 @@ def round_trip_floor(actor: Any, recipe: dict[str, Any], calls: int = 15) -> flo
     return statistics.median(gaps)
 
 
-def bare_replay(
-    actors: list[Any], work: list[tuple[dict, str, int]]
-) -> tuple[float, float, float, float, float]:
+def bare_replay(actors: list[Any], work: list[tuple[dict, str, int]]) -> dict[str, float]:
     """``work`` (each trial's recipe, recipe id and the number of steps it ran) replayed on ``actors``: no
     Optuna, no store, no pruner; whole trials handed out in order, each worker kept a trial ahead so it
-    never waits. Returns (items, wall s, worker CPU s, worker busy s, worker idle s between calls, on the
-    workers' clocks): what the machine and Ray give this workload."""
+    never waits. Returns ``items``, ``wall`` s, worker ``cpu`` s, worker ``busy`` s and worker ``idle`` s between
+    calls (on the workers' clocks): what the machine and Ray give this workload."""
     import ray
 
     todo = list(work)
@@ -184,7 +183,7 @@ def bare_replay(
         calls.sort()
         busy += sum(e - b for b, e in calls)
         idle += sum(b - e for (_, e), (b, _) in itertools.pairwise(calls))
-    return items, wall, cpu, busy, idle
+    return {"items": items, "wall": wall, "cpu": cpu, "busy": busy, "idle": idle}
 
 
 def replay_work(trials: list[Any], steps: list[list[list[Any]]]) -> list[tuple[dict, str, int]]:
@@ -206,7 +205,6 @@ def replay_work(trials: list[Any], steps: list[list[list[Any]]]) -> list[tuple[d
 class Pooled:
     """One configuration's runs added up (a ratio of sums: each round weighs by its length)."""
 
-    runs: int = 0
     trials: int = 0
     pruned: int = 0
     cached: int = 0
@@ -224,10 +222,8 @@ class Pooled:
     ratios: list[float] = field(default_factory=list)
 
     def add(self, s: Any, cached: int, items: int) -> None:
-        self.runs += 1
-        self.trials += (
-            s.finished_here - cached
-        )  # a recipe scored before is reused at no cost: not a trial run
+        # a recipe scored before is reused at no cost: not a trial run
+        self.trials += s.finished_here - cached
         self.pruned += s.counts.get("PRUNED", 0)
         self.cached += cached
         self.skipped += s.skipped_calls
@@ -276,16 +272,16 @@ def main() -> int:
             for pruner in (None, "none"):
                 pooled[(2, pruner)].ratios.append(last[(2, pruner)] / last[(1, pruner)])
         with bare_workers(a.study, Path(d), 2) as actors:
-            spec_recipe = work[0][0]
-            floor = round_trip_floor(actors[0], spec_recipe)
-            bare = {1: [0.0] * 5, 2: [0.0] * 5}
+            floor = round_trip_floor(actors[0], work[0][0])
+            bare: dict[int, defaultdict[str, float]] = {1: defaultdict(float), 2: defaultdict(float)}
             bare_ratios: list[float] = []
             for r in range(a.rounds):
                 got = {}
                 for w in (1, 2) if r % 2 == 0 else (2, 1):
-                    got_w = bare_replay(actors[:w], work)
-                    bare[w] = [x + y for x, y in zip(bare[w], got_w, strict=True)]
-                    got[w] = got_w[0] / got_w[1]
+                    one = bare_replay(actors[:w], work)
+                    for key, value in one.items():
+                        bare[w][key] += value
+                    got[w] = one["items"] / one["wall"]
                 bare_ratios.append(got[2] / got[1])
 
     print(
@@ -340,16 +336,18 @@ def main() -> int:
         )
     q2 = pooled[(2, None)]
     for w in (1, 2):  # every pass replays all of the pruned runs' scored items
-        assert bare[w][0] == a.rounds * q2.items, (w, bare[w][0], a.rounds * q2.items)
-    r_bare = (bare[2][0] / bare[2][1]) / (bare[1][0] / bare[1][1])
-    c = bare[2][2] / (len(work) * a.rounds)  # worker CPU per trial
+        assert bare[w]["items"] == a.rounds * q2.items, (w, bare[w]["items"], a.rounds * q2.items)
+    rate = {w: bare[w]["items"] / bare[w]["wall"] for w in (1, 2)}
+    idle = {w: 100 * bare[w]["idle"] / bare[w]["busy"] for w in (1, 2)}
+    r_bare = rate[2] / rate[1]
+    c = bare[2]["cpu"] / (len(work) * a.rounds)  # worker CPU per trial
     room = c * (r_bare / 1.7 - 1)
     print(
         f"the 2-worker pruned runs' {len(work)} trials replayed on bare workers (the same recipes and steps; no "
-        f"Optuna, no store, no pruner; each worker kept a trial ahead): 1 worker {bare[1][0] / bare[1][1]:.0f} "
-        f"items/s, 2 workers {bare[2][0] / bare[2][1]:.0f} items/s = {r_bare:.2f}x (rounds: {_spread(bare_ratios)}), "
-        f"what the machine and Ray give this workload; worker idle between calls {100 * bare[1][4] / bare[1][3]:.2f}% "
-        f"with 1 worker, {100 * bare[2][4] / bare[2][3]:.2f}% with 2 (the coordinator's part of the idle above is "
+        f"Optuna, no store, no pruner; each worker kept a trial ahead): 1 worker {rate[1]:.0f} "
+        f"items/s, 2 workers {rate[2]:.0f} items/s = {r_bare:.2f}x (rounds: {_spread(bare_ratios)}), "
+        f"what the machine and Ray give this workload; worker idle between calls {idle[1]:.2f}% "
+        f"with 1 worker, {idle[2]:.2f}% with 2 (the coordinator's part of the idle above is "
         f"what exceeds these)\n"
         f"  a coordinator taking k s of CPU per trial of c = {1000 * c:.0f} ms of worker CPU leaves at most "
         f"{r_bare:.2f}x / (1 + k/c); 1.7x needs k <= {1000 * room:.0f} ms per trial. The coordinator took "

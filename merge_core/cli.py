@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser("merge", help="merge a recipe into a loadable checkpoint directory")
-    p.add_argument("recipe", help="recipe JSON file (schema mergesearch.recipe/v1)")
+    p.add_argument("recipe", help="recipe JSON file (schema mergesearch.recipe/v2; v1 still read)")
     p.add_argument("--out", required=True, help="output directory (refused if it exists, unless --overwrite)")
     p.add_argument("--shard-size", default="2GB", help="maximum shard size, e.g. 2GB, 500MB (default 2GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")

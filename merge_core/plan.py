@@ -37,6 +37,7 @@ class TensorOp:
     rescale: str | None = None
     seeds: tuple[int, int] = (0, 0)  # DARE mask seeds for the VLM's and the LLM's task vector
     rows: int | None = None  # merge only rows [:rows] (embeddings shared by both vocabularies)
+    mask: str = "splitmix64"  # DARE mask algorithm (merge_core.methods.masks), from the recipe's schema
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def build_plan(recipe: Recipe, tmap: TensorMap, dtype: torch.dtype | None = None
                     llm_weight=recipe.llm_weight * f, density=recipe.density, lambda_=recipe.lambda_,
                     normalize=recipe.normalize, rescale=recipe.rescale,
                     seeds=(mask_seed(recipe.seed, t.where.canonical, 0), mask_seed(recipe.seed, t.where.canonical, 1)),
-                    rows=rows,
+                    rows=rows, mask=recipe.dare_mask,
                 )  # fmt: skip
             elif recipe.weight * f != 0.0:
                 op = TensorOp(method=recipe.method, compat=recipe.compat, weight=recipe.weight * f, rows=rows)

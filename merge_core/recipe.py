@@ -1,9 +1,14 @@
-"""The merge recipe (``mergesearch.recipe/v1``): a frozen, validated, JSON-round-tripping dataclass.
+"""The merge recipe (``mergesearch.recipe/v2``): a frozen, validated, JSON-round-tripping dataclass.
 
 A recipe fully determines a merged VLM.  ``Recipe.from_dict`` fills the per-method defaults (mergekit's)
 and rejects unknown, inapplicable or out-of-range fields with a :class:`RecipeError` naming the field and
 the allowed values.  ``to_dict`` returns the complete normalised form, so
 ``Recipe.from_dict(r.to_dict()) == r`` and ``r.id`` (sha256 of the canonical JSON, 12 hex chars) is stable.
+
+Schemas: v2 and v1 have the same fields; they differ only in how DARE draws its masks (``dare_mask``):
+v2 hashes each entry's index on the tensor's device (``splitmix64``), v1 drew them from a CPU
+``torch.Generator`` (``torch_cpu``).  A v1 recipe keeps its schema (and its id) and re-merges bit for bit;
+a recipe without ``schema`` is read as the current one.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from typing import Any
 
 from merge_core.errors import RecipeError
 
-SCHEMA = "mergesearch.recipe/v1"
+SCHEMA = "mergesearch.recipe/v2"
+SCHEMA_V1 = "mergesearch.recipe/v1"
+DARE_MASKS: dict[str, str] = {SCHEMA: "splitmix64", SCHEMA_V1: "torch_cpu"}  # merge_core.methods.masks
 METHODS: tuple[str, ...] = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "layer_swap")
 TASK_VECTOR_METHODS: tuple[str, ...] = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
 COMPONENTS: tuple[str, ...] = ("attention", "mlp", "norm", "embed", "lm_head")
@@ -136,8 +143,10 @@ class Recipe:
         if unknown:
             raise RecipeError(f"recipe field {unknown[0]!r} is unknown; allowed fields: {', '.join(FIELDS)}")
         schema = d.get("schema", SCHEMA)
-        if schema != SCHEMA:
-            raise RecipeError(f"recipe field 'schema' is {schema!r}; this version reads {SCHEMA!r}")
+        if not isinstance(schema, str) or schema not in DARE_MASKS:
+            raise RecipeError(
+                f"recipe field 'schema' is {schema!r}; this version reads {' and '.join(map(repr, DARE_MASKS))}"
+            )
         for key in ("vlm", "llm"):
             if not isinstance(d.get(key), str) or not d[key]:
                 raise RecipeError(f"recipe field {key!r} is required: a local model directory or a hub id")
@@ -267,7 +276,7 @@ class Recipe:
             vlm=d["vlm"], llm=d["llm"], base=base, method=method, weight=weight, vlm_weight=vlm_weight,
             llm_weight=llm_weight, density=density, lambda_=lam, normalize=normalize, rescale=rescale,
             components=components, component_weights=tuple(cw), schedule=schedule, seed=seed, dtype=dtype,
-            compat=compat, schema=SCHEMA,
+            compat=compat, schema=schema,
         )  # fmt: skip
 
     @classmethod
@@ -331,6 +340,11 @@ class Recipe:
     def is_task_vector(self) -> bool:
         """True for the methods that merge task vectors against ``base``."""
         return self.method in TASK_VECTOR_METHODS
+
+    @property
+    def dare_mask(self) -> str:
+        """How DARE draws its masks under this recipe's schema (:mod:`merge_core.methods.masks`)."""
+        return DARE_MASKS[self.schema]
 
     def component_weight(self, component: str) -> float:
         """The multiplier of the LLM weight for ``component`` (1.0 unless set)."""

@@ -1,4 +1,4 @@
-"""The search space: an Optuna trial → a recipe dict (``mergesearch.recipe/v1``).
+"""The search space: an Optuna trial → a recipe dict (``mergesearch.recipe/v2``).
 
 Parameters (Optuna names) and when they exist:
 
@@ -24,7 +24,7 @@ from search.spec import Param, SpaceSpec, StudySpec
 if TYPE_CHECKING:
     import optuna
 
-RECIPE_SCHEMA = "mergesearch.recipe/v1"
+RECIPE_SCHEMA = "mergesearch.recipe/v2"
 TASK_VECTOR = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
 SPARSE = ("ties", "dare_ties", "dare_linear")
 

@@ -1,8 +1,9 @@
 """Every method, schedule and component option against an independent reference written here with torch.
 
 The reference works on raw state dicts read with safetensors.torch.load_file and its own name mapping;
-it does not call merge_core.  DARE masks follow the documented contract (a CPU torch.Generator seeded
-with the first 8 bytes of sha256(f"{seed}\\0{canonical}\\0{source}") >> 1; keep where rand < density).
+it does not call merge_core.  DARE masks follow the documented contract, keyed by the first 8 bytes of
+sha256(f"{seed}\\0{canonical}\\0{source}") >> 1: schema v2 hashes entry i with SplitMix64 (computed here
+with numpy's wrapping uint64), schema v1 seeds a CPU torch.Generator with the key (keep where rand < density).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -65,10 +67,19 @@ def r_of(schedule: dict, i: int, n: int) -> float:
     return schedule["values"][i]
 
 
-def dare_keep(seed: int, name: str, source: int, shape: torch.Size, density: float) -> torch.Tensor:
+def dare_keep(
+    seed: int, name: str, source: int, shape: torch.Size, density: float, schema: str | None = None
+) -> torch.Tensor:
     s = int.from_bytes(hashlib.sha256(f"{seed}\x00{name}\x00{source}".encode()).digest()[:8], "little") >> 1
-    g = torch.Generator().manual_seed(s)
-    return torch.rand(shape, generator=g) < density
+    if schema == "mergesearch.recipe/v1":
+        g = torch.Generator().manual_seed(s)
+        return torch.rand(shape, generator=g) < density
+    n = math.prod(shape)
+    z = (np.arange((n + 3) // 4, dtype=np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(s)
+    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, 1)):
+        z = (z ^ (z >> np.uint64(shift))) * np.uint64(mult)
+    lanes = z.astype("<u8").view("<i2")[:n]  # lane i % 4 of hash i // 4, as signed int16
+    return torch.from_numpy(lanes < int(density * 65536) - 32768).reshape(shape)
 
 
 def topk_keep(t: torch.Tensor, density: float) -> torch.Tensor:
@@ -99,7 +110,10 @@ def ref_tensor(
         if method == "ties":
             taus = [t * topk_keep(t, density) for t in taus]
         elif density < 1:
-            taus = [t * dare_keep(d.get("seed", 0), name, i, t.shape, density) for i, t in enumerate(taus)]
+            taus = [
+                t * dare_keep(d.get("seed", 0), name, i, t.shape, density, d.get("schema"))
+                for i, t in enumerate(taus)
+            ]
         if method == "dare_linear":
             return b32 + a[0] * taus[0] + a[1] * taus[1]
         sign = torch.where(taus[0] + taus[1] >= 0, 1.0, -1.0)
@@ -113,7 +127,7 @@ def ref_tensor(
             keep = (
                 topk_keep(t, density)
                 if method == "ties"
-                else dare_keep(d.get("seed", 0), name, i, t.shape, density)
+                else dare_keep(d.get("seed", 0), name, i, t.shape, density, d.get("schema"))
             )
             kept = t * keep
             if rescale == "l1":
@@ -229,6 +243,8 @@ def deep(tmp_path_factory):
         {"method": "dare_ties", "density": 0.5, "seed": 7},
         {"method": "dare_linear", "density": 0.3, "rescale": "inverse_density", "normalize": True, "seed": 3},
         {"method": "dare_linear", "density": 0.6, "rescale": "none", "vlm_weight": 0.9, "llm_weight": 0.4},
+        {"method": "dare_ties", "density": 0.5, "seed": 7, "schema": "mergesearch.recipe/v1"},
+        {"method": "dare_linear", "density": 0.3, "seed": 3, "schema": "mergesearch.recipe/v1"},
     ],
     ids=lambda d: "-".join(f"{v}" for v in d.values())[:60],
 )
@@ -272,8 +288,9 @@ def test_schedules_and_component_weights_match_reference(deep, tmp_path, d):
         {"method": "ties", "vlm_weight": 1.6, "llm_weight": 0.2, "density": 0.2},
         {"method": "dare_ties", "vlm_weight": 1.0, "llm_weight": 0.5, "density": 0.5, "seed": 5},
         {"method": "dare_linear", "vlm_weight": 0.9, "llm_weight": 0.3, "density": 0.4},
+        {"method": "dare_ties", "density": 0.5, "seed": 5, "schema": "mergesearch.recipe/v1"},
     ],
-    ids=lambda d: d["method"],
+    ids=lambda d: d["method"] + d.get("schema", "")[-3:],
 )
 def test_compat_vlm_merging_matches_paper_formulas(qwen, tmp_path, d):
     check("qwen2_vl", qwen, {**d, "compat": "vlm_merging"}, tmp_path / "out")

@@ -53,6 +53,21 @@ def test_round_trip_and_stable_id():
     assert r.id == hashlib.sha256(canon.encode()).hexdigest()[:12]
 
 
+def test_schema_v1_is_read_kept_and_selects_the_v1_dare_masks():
+    d = {**BASE, "method": "dare_ties", "density": 0.4, "seed": 3}
+    v2 = Recipe.from_dict(d)
+    assert v2.schema == "mergesearch.recipe/v2" and v2.dare_mask == "splitmix64"
+    v1 = Recipe.from_dict({**d, "schema": "mergesearch.recipe/v1"})
+    assert v1.schema == "mergesearch.recipe/v1" and v1.dare_mask == "torch_cpu"
+    # a v1 file round-trips as v1 (same id as before v2 existed: its weights are the same)
+    assert v1.to_dict()["schema"] == "mergesearch.recipe/v1" and Recipe.from_json(v1.to_json()) == v1
+    assert v1.replace(seed=4).schema == "mergesearch.recipe/v1"
+    assert v1.id != v2.id  # the two merge differently, so they are different recipes
+    for bad in ("mergesearch.recipe/v3", ["mergesearch.recipe/v2"]):
+        with pytest.raises(RecipeError, match="recipe field 'schema'.*reads 'mergesearch.recipe/v2' and 'mergesearch.recipe/v1'"):
+            Recipe.from_dict({**d, "schema": bad})
+
+
 def test_replace_switching_method_drops_old_fields():
     r = Recipe.from_dict({**BASE, "method": "linear", "weight": 0.2})
     t = r.replace(method="ties", density=0.4)

@@ -72,7 +72,7 @@ def _dropped(op: TensorOp, vlm: torch.Tensor, llm: torch.Tensor, b: torch.Tensor
     taus = []
     for theta, seed in zip((vlm, llm), op.seeds, strict=True):
         tau = theta.float() - b
-        mask = whole_mask(Random(op.density, seed), theta, b)
+        mask = whole_mask(Random(op.density, seed, op.mask), theta, b)
         taus.append(tau if mask is None else tau * mask)
     return taus
 

@@ -1,8 +1,9 @@
 """dare_ties and dare_linear (mergekit): random drop of task-vector entries, rescale, then combine.
 
-τ'_i = rescale(τ_i·m_i), m_i ~ Bernoulli(density) drawn from a CPU ``torch.Generator`` seeded with
-:func:`merge_core.plan.mask_seed` (recipe seed, canonical tensor name, source) and moved to the tensor's
-device — masks are identical on every device and in every process.  Rescale default ``l1`` (mergekit's
+τ'_i = rescale(τ_i·m_i), m_i ~ Bernoulli(density) from :mod:`merge_core.methods.masks` keyed by
+:func:`merge_core.plan.mask_seed` (recipe seed, canonical tensor name, source): a counter-based hash built on
+the tensor's device (schema v2), or schema v1's CPU ``torch.Generator`` — identical on every device and in
+every process.  Rescale default ``l1`` (mergekit's
 ‖τ‖₁/‖τ·m‖₁); ``inverse_density`` is the DARE paper's 1/density.  dare_ties then elects signs as ``ties``;
 dare_linear sums a_i·τ'_i (÷ Σ a_i if normalize).  out = base + λ·δ, fp32 until the final cast.
 """
@@ -17,7 +18,7 @@ from merge_core.plan import TensorOp
 
 def _selectors(op: TensorOp) -> tuple[Random, Random]:
     assert op.density is not None
-    return Random(op.density, op.seeds[0]), Random(op.density, op.seeds[1])
+    return Random(op.density, op.seeds[0], op.mask), Random(op.density, op.seeds[1], op.mask)
 
 
 def merge_ties(

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import torch
 
+from merge_core.methods.masks import keep_mask
 from merge_core.plan import TensorOp
 
 CPU_CHUNK = 1 << 17  # elements; 512 KiB of fp32 per temporary keeps the working set in L2
@@ -144,25 +145,21 @@ class Magnitude(Selector):
 
 
 class Random(Selector):
-    """DARE: keep each entry with probability density; the mask is drawn once per tensor on the CPU.
+    """DARE: keep each entry with probability density; the mask is built once per tensor on its device.
 
-    ``torch.rand(shape, generator=CPU generator seeded with seed) < density``, then moved to the tensor's
-    device, so the mask is the same on every device.
+    ``algorithm`` picks the mask's definition (:mod:`merge_core.methods.masks`): ``splitmix64``, a
+    counter-based hash computed on the tensor's device, or ``torch_cpu`` (schema v1 recipes).  Either way
+    the mask is the same on every device.
     """
 
-    def __init__(self, density: float, seed: int) -> None:
-        self.density, self.seed = density, seed
+    def __init__(self, density: float, seed: int, algorithm: str = "splitmix64") -> None:
+        self.density, self.seed, self.algorithm = density, seed, algorithm
         self.mask: torch.Tensor | None = None
 
     def prepare(self, theta: torch.Tensor, base: torch.Tensor) -> None:
         if self.density >= 1.0:
             return
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        self.mask = (
-            (torch.rand(theta.shape, generator=gen, dtype=torch.float32) < self.density)
-            .to(theta.device)
-            .reshape(-1)
-        )
+        self.mask = keep_mask(self.algorithm, self.seed, self.density, theta)
 
     def keep(self, s: int, e: int, tau: torch.Tensor) -> torch.Tensor | None:
         return None if self.mask is None else self.mask[s:e]

@@ -17,7 +17,7 @@ its exact top-k threshold with a two-pass radix histogram over the chunks (see :
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -57,86 +57,144 @@ def _tau(theta: torch.Tensor, base_f32: torch.Tensor) -> torch.Tensor:
     return theta.to(torch.float32) - base_f32  # a new tensor: inputs are never written
 
 
+class Workspace:
+    """fp32 scratch buffers of one chunk's length, reused by every chunk of a merge.
+
+    Writing each op's result into a buffer (``out=`` / in-place) instead of a fresh tensor saves an
+    allocation per op: a fresh 512 KiB block is a new mapping whose pages fault in one by one unless the
+    allocator was tuned (:func:`merge_core.io.keep_freed_memory`), which the resident merger does not do.
+    """
+
+    NAMES = ("b", "t1", "t2", "w1", "w2", "w3")
+
+    def __init__(self, n: int, device: torch.device) -> None:
+        size = max(1, next(iter(chunks(n, device)), (0, 1))[1])
+        self.bufs = {k: torch.empty(size, dtype=torch.float32, device=device) for k in self.NAMES}
+        self.ones = torch.ones(size, dtype=torch.float32, device=device)
+
+    def get(self, name: str, m: int) -> torch.Tensor:
+        """Buffer ``name``'s first m entries."""
+        return self.bufs[name][:m]
+
+    def tau(self, name: str, theta: torch.Tensor, b32: torch.Tensor) -> torch.Tensor:
+        """θ (one chunk, any float dtype) - base (fp32) into buffer ``name``: the same bits as :func:`_tau`."""
+        t = self.bufs[name][: theta.numel()]
+        return t.copy_(theta).sub_(b32)
+
+    def base(self, base: torch.Tensor) -> torch.Tensor:
+        """One chunk of the base in fp32."""
+        return self.bufs["b"][: base.numel()].copy_(base)
+
+
 class Selector:
     """Which entries of one source's task vector survive; ``keep`` is called chunk by chunk, in order."""
 
-    def prepare(self, theta: torch.Tensor, base: torch.Tensor) -> None:
+    def prepare(self, theta: torch.Tensor, base: torch.Tensor, ws: Workspace | None = None) -> None:
         """Look at the whole task vector once (if needed) before the chunked merge."""
 
-    def keep(self, s: int, e: int, tau: torch.Tensor) -> torch.Tensor | None:
-        """0/1 mask (bool or float) of chunk [s, e) given its task vector; None = keep everything."""
+    def keep(self, s: int, e: int, tau: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        """0/1 fp32 mask of chunk [s, e) given its task vector (into ``out`` if given); None = keep all."""
         return None
 
     def rewind(self) -> None:
         """Start a new in-order pass over the chunks."""
 
 
+BITS_CACHE = 1 << 24  # entries: up to 64 MB of |τ| kept between the two selection passes
+
+
+def kth_largest_bits(
+    passes: Callable[[], Iterable[torch.Tensor]], k: int, device: torch.device
+) -> tuple[int, int, int]:
+    """Radix selection of the k-th largest of non-negative fp32 values given as int32 bit patterns.
+
+    ``passes()`` yields the values' bit patterns chunk by chunk; it is called twice.  1 <= k <= n.
+    Returns (bits of the k-th largest value t, #entries > t, #entries == t).  Pass 1 counts the high 16
+    bits (32768 buckets: the sign bit is 0) and finds the bucket holding the k-th largest; pass 2 counts
+    the low 16 bits of the entries in that bucket.  O(n); NaN patterns sort above +inf, as the bits do.
+    """
+    high_hist = torch.zeros(1 << 15, dtype=torch.int64, device=device)
+    for bits in passes():
+        high_hist += torch.bincount(bits >> 16, minlength=1 << 15)
+    counts = torch.cumsum(high_hist.flip(0), 0)  # counts[j] = #entries with high bits >= 32767 - j
+    j = int(torch.searchsorted(counts, k))
+    bucket = (1 << 15) - 1 - j
+    above = int(counts[j - 1]) if j > 0 else 0
+    low_hist = torch.zeros(1 << 16, dtype=torch.int64, device=device)
+    for bits in passes():
+        low_hist += torch.bincount(bits[(bits >> 16) == bucket] & 0xFFFF, minlength=1 << 16)
+    counts2 = torch.cumsum(low_hist.flip(0), 0)
+    j2 = int(torch.searchsorted(counts2, k - above))
+    strictly_above = above + (int(counts2[j2 - 1]) if j2 > 0 else 0)
+    equal = int(low_hist[(1 << 16) - 1 - j2])
+    return (bucket << 16) | ((1 << 16) - 1 - j2), strictly_above, equal
+
+
 class Magnitude(Selector):
     """Exactly k = int(density·n) entries of largest |τ|; ties at the threshold: lowest indices first.
 
     The threshold is found by radix selection over the fp32 bit pattern (which orders non-negative floats
-    like their values): a histogram of the high 16 bits over all chunks finds the bucket holding the k-th
-    largest, a histogram of the low 16 bits within that bucket finds the value, and the histograms also
-    say how many entries equal to the threshold must be kept.  density ≥ 1 keeps all; k = 0 keeps none.
+    like their values), two O(n) histogram passes (:func:`kth_largest_bits`; |τ| is computed once and kept
+    for the second pass up to :data:`BITS_CACHE` entries); the histograms also say how many entries equal
+    to the threshold must be kept.  density ≥ 1 keeps all; k = 0 keeps none.
     """
 
     def __init__(self, density: float) -> None:
         self.density = density
         self.all = density >= 1.0
         self.threshold: torch.Tensor | None = None
-        self.quota = 0  # entries equal to the threshold still to keep, in index order
+        self.quota = self.quota0 = 0  # entries equal to the threshold still to keep, in index order
         self.ties_all = False  # every entry equal to the threshold is kept
 
-    def prepare(self, theta: torch.Tensor, base: torch.Tensor) -> None:
+    def prepare(self, theta: torch.Tensor, base: torch.Tensor, ws: Workspace | None = None) -> None:
         if self.all:
             return
         tf, bf = theta.reshape(-1), base.reshape(-1)
         n = tf.numel()
         k = int(self.density * n)
-        self.k = k
         if k <= 0:
             return
         dev = tf.device
-        high_hist = torch.zeros(1 << 15, dtype=torch.int64, device=dev)
-        for s, e in chunks(n, dev):
-            bits = _tau(tf[s:e], bf[s:e].to(torch.float32)).abs_().view(torch.int32)
-            high_hist += torch.bincount(bits >> 16, minlength=1 << 15)
-        counts = torch.cumsum(high_hist.flip(0), 0)  # counts[j] = #entries with high bits >= 32767 - j
-        j = int(torch.searchsorted(counts, k))
-        bucket = (1 << 15) - 1 - j
-        above = int(counts[j - 1]) if j > 0 else 0
-        low_hist = torch.zeros(1 << 16, dtype=torch.int64, device=dev)
-        for s, e in chunks(n, dev):
-            bits = _tau(tf[s:e], bf[s:e].to(torch.float32)).abs_().view(torch.int32)
-            low = bits[(bits >> 16) == bucket] & 0xFFFF
-            low_hist += torch.bincount(low, minlength=1 << 16)
-        counts2 = torch.cumsum(low_hist.flip(0), 0)
-        j2 = int(torch.searchsorted(counts2, k - above))
-        strictly_above = above + (int(counts2[j2 - 1]) if j2 > 0 else 0)
-        equal = int(low_hist[(1 << 16) - 1 - j2])
-        value = (bucket << 16) | ((1 << 16) - 1 - j2)
+        ws = ws or Workspace(n, dev)
+        cache = torch.empty(n, dtype=torch.float32, device=dev) if n <= BITS_CACHE else None
+        filled = False
+
+        def passes() -> Iterator[torch.Tensor]:
+            nonlocal filled
+            for s, e in chunks(n, dev):
+                if filled:
+                    yield cache[s:e].view(torch.int32)  # type: ignore[index]
+                    continue
+                a = ws.get("t1", e - s) if cache is None else cache[s:e]
+                a.copy_(tf[s:e]).sub_(ws.base(bf[s:e])).abs_()
+                yield a.view(torch.int32)
+            filled = cache is not None
+
+        value, strictly_above, equal = kth_largest_bits(passes, k, dev)
         self.threshold = torch.tensor([value], dtype=torch.int32, device=dev).view(torch.float32)[0]
         self.quota = self.quota0 = k - strictly_above  # >= 1: the k-th largest itself
         self.ties_all = self.quota == equal
 
     def rewind(self) -> None:
         """Start a new in-order pass over the chunks (the tie quota is consumed chunk by chunk)."""
-        self.quota = getattr(self, "quota0", 0)
+        self.quota = self.quota0
 
-    def keep(self, s: int, e: int, tau: torch.Tensor) -> torch.Tensor | None:
+    def keep(self, s: int, e: int, tau: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor | None:
         if self.all:
             return None
         if self.threshold is None:  # k = 0
-            return torch.zeros_like(tau)
-        a = tau.abs()
+            return torch.zeros_like(tau) if out is None else out.zero_()
         # float 0/1 masks from sign(|τ| - t): exact (x - y == 0 only if x == y, with gradual underflow)
         # and several times faster than comparisons producing bool tensors
-        diff = a.sub_(self.threshold).sign_()
+        diff = torch.abs(tau, out=out) if out is not None else tau.abs()
+        diff.sub_(self.threshold).sign_()
         if self.ties_all:
             return diff.add_(1.0).clamp_max_(1.0)  # |τ| >= t
         tied = None
-        if self.quota > 0:
-            tied = (diff == 0).nonzero().reshape(-1)[: self.quota]  # before the clamp: 0 means |τ| == t
+        # before the clamp, 0 means |τ| == t; counting the zeros first (a float sum) spares the index scan
+        # in the chunks that hold none, which is most of them
+        if self.quota > 0 and diff.numel() > int(diff.abs().sum()):
+            tied = (diff == 0).nonzero().reshape(-1)[: self.quota]
             self.quota -= tied.numel()
         mask = diff.clamp_min_(0.0)  # |τ| > t
         if tied is not None:
@@ -156,35 +214,31 @@ class Random(Selector):
         self.density, self.seed, self.algorithm = density, seed, algorithm
         self.mask: torch.Tensor | None = None
 
-    def prepare(self, theta: torch.Tensor, base: torch.Tensor) -> None:
+    def prepare(self, theta: torch.Tensor, base: torch.Tensor, ws: Workspace | None = None) -> None:
         if self.density >= 1.0:
             return
         self.mask = keep_mask(self.algorithm, self.seed, self.density, theta)
 
-    def keep(self, s: int, e: int, tau: torch.Tensor) -> torch.Tensor | None:
-        return None if self.mask is None else self.mask[s:e]
+    def keep(self, s: int, e: int, tau: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        if self.mask is None:
+            return None
+        m = self.mask[s:e]
+        # as fp32 0/1: τ·m is then one same-dtype product (a bool operand takes a slower mixed-dtype path)
+        return m.to(torch.float32) if out is None else out.copy_(m)
 
 
-_ONES: dict[torch.device, torch.Tensor] = {}
-
-
-def _one(t: torch.Tensor) -> torch.Tensor:
-    one = _ONES.get(t.device)
-    if one is None:
-        one = _ONES[t.device] = torch.ones((), dtype=torch.float32, device=t.device)
-    return one
-
-
-def _l1_factors(sel: Selector, theta: torch.Tensor, base: torch.Tensor) -> float | torch.Tensor:
+def _l1_factors(
+    sel: Selector, theta: torch.Tensor, base: torch.Tensor, ws: Workspace
+) -> float | torch.Tensor:
     """mergekit's L1 rescale factor ‖τ‖₁ / ‖τ·m‖₁ (float64 sums), 1 when either is below 1e-8."""
     tf, bf = theta.reshape(-1), base.reshape(-1)
     before = torch.zeros((), dtype=torch.float64, device=tf.device)
     after = torch.zeros((), dtype=torch.float64, device=tf.device)
     for s, e in chunks(tf.numel(), tf.device):
-        tau = _tau(tf[s:e], bf[s:e].to(torch.float32))
-        m = sel.keep(s, e, tau)
+        tau = ws.tau("t1", tf[s:e], ws.base(bf[s:e]))
+        m = sel.keep(s, e, tau, ws.get("w1", e - s))
         before += tau.abs().sum(dtype=torch.float64)
-        after += (tau if m is None else tau * m).abs().sum(dtype=torch.float64)
+        after += (tau if m is None else tau.mul_(m)).abs_().sum(dtype=torch.float64)
     if before >= 1e-8 and after >= 1e-8:
         return (before / after).to(torch.float32)
     return 1.0
@@ -220,11 +274,12 @@ def _merge_task_vectors(
     lam = 1.0 if op.lambda_ is None else float(op.lambda_)
     rescale = op.rescale or "none"
     thetas = (vlm, llm)
+    ws = Workspace(vlm.numel(), vlm.device)
     for sel, theta in zip(selectors, thetas, strict=True):
-        sel.prepare(theta, base)
+        sel.prepare(theta, base, ws)
     factors: list[float | torch.Tensor] = [1.0, 1.0]
     if rescale == "l1":
-        factors = [_l1_factors(sel, th, base) for sel, th in zip(selectors, thetas, strict=True)]
+        factors = [_l1_factors(sel, th, base, ws) for sel, th in zip(selectors, thetas, strict=True)]
         for sel in selectors:
             sel.rewind()
     result = out if out is not None else torch.empty(vlm.shape, dtype=vlm.dtype, device=vlm.device)
@@ -233,11 +288,14 @@ def _merge_task_vectors(
     rf, bf = result.view(-1), base.reshape(-1)
     vf, lf = vlm.reshape(-1), llm.reshape(-1)
     for s, e in chunks(vf.numel(), vf.device):
-        b = bf[s:e].to(torch.float32)
+        m_ = e - s
+        b = ws.base(bf[s:e])
         us = []
-        for sel, th, factor, a in zip(selectors, (vf, lf), factors, (a1, a2), strict=True):
-            tau = _tau(th[s:e], b)
-            m = sel.keep(s, e, tau)
+        for sel, th, factor, a, tn, wn in zip(
+            selectors, (vf, lf), factors, (a1, a2), ("t1", "t2"), ("w1", "w2"), strict=True
+        ):
+            tau = ws.tau(tn, th[s:e], b)
+            m = sel.keep(s, e, tau, ws.get(wn, m_))
             if m is not None:
                 tau.mul_(m)
                 if rescale == "l1":
@@ -250,13 +308,15 @@ def _merge_task_vectors(
             # keep_i = [sign(u_i) == s], s = +1 if Σu >= 0 else -1, as 0/1 floats: sign(u_i)·s is 1 when
             # they agree, -1 when they differ, 0 when u_i = 0; a total of -0.0 only arises when both u_i
             # are zero, so copysign(1, Σu) is the same election as mergekit's (Σu >= 0)
-            majority = torch.copysign(_one(u1), u1 + u2)
-            keep1 = torch.sign(u1).mul_(majority).clamp_min_(0.0)
-            keep2 = torch.sign(u2).mul_(majority).clamp_min_(0.0)
+            majority = torch.add(u1, u2, out=ws.get("w3", m_))
+            torch.copysign(ws.ones[:m_], majority, out=majority)
+            keep1 = torch.sign(u1, out=ws.get("w1", m_)).mul_(majority).clamp_min_(0.0)
+            keep2 = torch.sign(u2, out=ws.get("w2", m_)).mul_(majority).clamp_min_(0.0)
             delta = u1.mul_(keep1).add_(u2.mul_(keep2))
             if op.normalize:
                 divisor = keep1.mul_(a1).add_(keep2.mul_(a2))
-                divisor.add_(divisor.sign().abs_().neg_().add_(1.0))  # 0 -> 1, others unchanged
+                fix = torch.sign(divisor, out=majority).abs_().neg_().add_(1.0)
+                divisor.add_(fix)  # 0 -> 1, others unchanged
                 delta.div_(divisor)
         else:
             delta = u1.add_(u2)
@@ -269,7 +329,7 @@ def _merge_task_vectors(
 
 
 def whole_mask(sel: Selector, theta: torch.Tensor, base: torch.Tensor) -> torch.Tensor | None:
-    """The selector's mask over the whole tensor (for the compat formulas), None = keep all."""
+    """The selector's 0/1 mask over the whole tensor (for the compat formulas), None = keep all."""
     sel.prepare(theta, base)
     masks = []
     tf, bf = theta.reshape(-1), base.reshape(-1)
@@ -278,4 +338,4 @@ def whole_mask(sel: Selector, theta: torch.Tensor, base: torch.Tensor) -> torch.
         if m is None:
             return None
         masks.append(m)
-    return torch.cat(masks).view(theta.shape) if masks else torch.ones_like(theta, dtype=torch.bool)
+    return torch.cat(masks).view(theta.shape) if masks else torch.ones_like(theta, dtype=torch.float32)

@@ -25,14 +25,20 @@ COMMAND_PROVIDERS: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser, with every provider's sub-commands."""
+# sub-commands whose provider is known without importing the others: `mergesearch merge` then loads
+# neither pandas nor rich nor Optuna (a merge to disk needs torch and safetensors only)
+DIRECT_COMMANDS: dict[str, str] = {"merge": "merge_core.cli", "inspect": "merge_core.cli"}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every provider's sub-commands (only the one provider of a direct command)."""
     parser = argparse.ArgumentParser(
         prog="mergesearch",
         description="Search, merge and evaluate VLM + reasoning-LLM merge recipes.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMAND_PROVIDERS:
+    providers = (DIRECT_COMMANDS[command],) if command in DIRECT_COMMANDS else COMMAND_PROVIDERS
+    for module_name in providers:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
@@ -47,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `mergesearch` console script; returns the process exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -102,6 +102,28 @@ def test_same_recipe_gives_identical_bytes_across_processes(trio, tmp_path):
     )
 
 
+HEAVY = ("transformers", "pandas", "optuna", "ray", "rich", "PIL")
+
+
+@pytest.mark.parametrize("how", ["merge_to_disk", "cli"])
+def test_a_merge_to_disk_imports_no_transformers(trio, tmp_path, how):
+    # a fresh process: merging to disk needs torch and safetensors, not transformers (nor the search stack)
+    recipe = recipe_for(trio, method="ties", density=0.5)
+    (tmp_path / "r.json").write_text(recipe.to_json())
+    call = {
+        "merge_to_disk": "from merge_core import load_recipe, merge_to_disk; "
+        "merge_to_disk(load_recipe(sys.argv[1]), sys.argv[2], progress=False)",
+        "cli": "from search.cli import main; assert main(['merge', sys.argv[1], '--out', sys.argv[2], '--quiet']) == 0",
+    }[how]
+    code = f"import json, sys; {call}; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))"
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "r.json"), str(tmp_path / "out")],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == []
+
+
 def test_dare_masks_keep_about_density_and_depend_on_seed(trio, tmp_path):
     k = "model.layers.1.mlp.down_proj.weight"
     base = load_file(trio.base / "model.safetensors")[k]

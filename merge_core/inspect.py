@@ -1,6 +1,7 @@
 """``inspect_models`` / ``mergesearch inspect``: the VLM <-> LLM tensor map at a glance, with any problem.
 
-Reads only config files and safetensors headers (no weights), so it is instant even for 7B models.
+Reads only config files and safetensors headers (no weights), so it is instant even for 7B models; for
+hub ids they are read from the hub (:mod:`merge_core.hub`) and nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 
 from merge_core.architectures import CLASSES
 from merge_core.errors import MergesearchError
-from merge_core.io import ModelFiles
+from merge_core.hub import open_headers
 from merge_core.tensor_map import build_tensor_map
 
 
@@ -58,9 +59,9 @@ def inspect_models(vlm: str, llm: str, base: str | None = None) -> InspectReport
     """Map and preflight a trio; problems (including unreadable files) land in ``report.problems``."""
     report = InspectReport(vlm=str(vlm), llm=str(llm), base=None if base is None else str(base))
     try:
-        fv = ModelFiles(vlm, "vlm")
-        fl = ModelFiles(llm, "llm")
-        fb = ModelFiles(base, "base") if base is not None else None
+        fv = open_headers(vlm, "vlm")  # a hub id: its config and headers only, nothing downloaded
+        fl = open_headers(llm, "llm")
+        fb = open_headers(base, "base") if base is not None else None
         tmap = build_tensor_map(fv, fl, fb)
     except MergesearchError as err:
         report.problems.append(str(err))

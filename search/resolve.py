@@ -3,6 +3,8 @@
 The toy source builds (or takes from its cache) :func:`objectives.toy.build_toy_world`. Everything else
 is checked here so a bad study fails in seconds, before Ray starts: model folders exist and pair up
 (``merge_core.inspect_models``), dataset TSVs exist, and with ``proxy_size`` the proxy subsets are made.
+Hub ids are paired from their configs and safetensors headers, then each is downloaded once here
+(:func:`merge_core.hub.localize`): workers and recipes get the local snapshot folders.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _check_model(field_name: str, value: str, src: str) -> str:
             )
         return str(p.resolve())
     if _HUB_ID.match(value) and not value.startswith((".", "/", "~")):
-        return value  # a hub id: resolved from the local HF cache by the worker
+        return value  # a hub id: paired from its headers, then downloaded once by resolve()
     raise ModelPathError(
         f"{src}: `models.{field_name}` = {value!r} does not exist; give a checkpoint folder or a hub id (org/name)"
     )
@@ -92,6 +94,8 @@ def resolve(spec: StudySpec, *, build_toy: bool = True, console=None) -> Resolve
             raise ModelPathError(
                 f"{src}: `objectives.datasets` entry {name!r}: {p} not found; put the TSV there or set objectives.data_dir"
             )
+    if spec.models.toy is None:
+        res = _localize(res, src)
     if obj.proxy_size:
         from objectives.datasets import load_dataset
         from objectives.proxy import make_proxy
@@ -105,10 +109,21 @@ def resolve(spec: StudySpec, *, build_toy: bool = True, console=None) -> Resolve
     return res
 
 
+def _localize(res: Resolved, src: str) -> Resolved:
+    """Hub ids -> local snapshots, once, in the driver: pairing checked from headers before any download."""
+    from merge_core.hub import localize
+
+    try:
+        local = localize(res.models())
+    except MergesearchError as err:
+        raise ModelPathError(f"{src}: {err}") from None
+    return Resolved(local["vlm"] or res.vlm, local["llm"] or res.llm, local["base"], res.datasets, res.data_dir)
+
+
 def preflight(res: Resolved) -> None:
     """Check that the local models pair up tensor by tensor (header reads only, no weights loaded)."""
     if not all(Path(p).is_dir() for p in (res.vlm, res.llm) if p):
-        return  # hub ids: the worker resolves them
+        return  # not resolved through resolve(): nothing local to read
     from merge_core import inspect_models
 
     report = inspect_models(res.vlm, res.llm, res.base)

@@ -14,6 +14,8 @@ import os
 import shutil
 import threading
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from merge_core.io import (
     parse_size,
 )
 from merge_core.methods import merge_tensor
+from merge_core.methods.engine import one_thread
 from merge_core.plan import Plan, PlanEntry, build_plan
 from merge_core.recipe import Recipe
 from merge_core.tensor_map import preflight
@@ -71,6 +74,59 @@ def produce(entry: PlanEntry, vlm: ModelFiles, llm: ModelFiles, base: ModelFiles
         theta_b = _read_cast(base, src.base_name, out_dtype)
     # theta_v is a fresh buffer of ours: merging into it in place saves an output-sized allocation per tensor
     return merge_tensor(entry.op, theta_v, theta_l, theta_b, out=theta_v)
+
+
+def merge_threads() -> int:
+    """Tensors merged at once: ``$MERGESEARCH_MERGE_THREADS``, default min(2, CPU cores)."""
+    raw = os.environ.get("MERGESEARCH_MERGE_THREADS")
+    if raw:
+        try:
+            n = int(raw)
+        except ValueError:
+            raise MergesearchError(
+                f"MERGESEARCH_MERGE_THREADS is {raw!r}; set it to a whole number of threads (1 = one tensor at a time)"
+            ) from None
+        if n >= 1:
+            return n
+        raise MergesearchError(f"MERGESEARCH_MERGE_THREADS is {raw!r}; it must be at least 1")
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+class Lookahead:
+    """Produce items in a fixed order on ``threads`` threads, at most ``threads`` ahead of the consumer.
+
+    Each tensor is merged by one thread start to finish (single-threaded torch ops, see
+    :func:`merge_core.methods.engine.one_thread`), so the values do not depend on the thread count; two
+    tensors at once use a second core for the selection and election passes, which dominate TIES and DARE.
+    With one thread, items are produced in the caller's thread when asked for.
+    """
+
+    def __init__(self, order: list[str], fn: Callable[[str], torch.Tensor], threads: int) -> None:
+        self.order, self.fn, self.threads = order, fn, threads
+        self.pool = (
+            ThreadPoolExecutor(threads, thread_name_prefix="mergesearch-merge") if threads > 1 else None
+        )
+        self.pending: dict[str, Future[torch.Tensor]] = {}
+        self.next = 0  # index in order of the next item to submit
+
+    def get(self, name: str) -> torch.Tensor:
+        """The item ``name`` (the next in order), after queueing the ones behind it."""
+        if self.pool is None:
+            return self.fn(name)
+        while self.next < len(self.order) and len(self.pending) < self.threads:
+            item = self.order[self.next]
+            self.pending[item] = self.pool.submit(self.fn, item)
+            self.next += 1
+        return self.pending.pop(name).result()
+
+    def __enter__(self) -> Lookahead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            for f in self.pending.values():
+                f.cancel()
+            self.pool.shutdown(wait=True)
 
 
 def _copy_aux(vlm_root: Path, tmp: Path, dtype: torch.dtype) -> None:
@@ -123,6 +179,7 @@ def merge_to_disk(
     """Merge ``recipe`` into a loadable checkpoint directory ``out_dir`` (atomic; see module docstring)."""
     out = Path(out_dir).expanduser().absolute()
     limit = parse_size(shard_size)
+    threads = merge_threads()
     if out.exists() and not overwrite:
         raise OutputExistsError(
             f"output directory {str(out)!r} exists; pass --overwrite (overwrite=True) to replace it"
@@ -147,10 +204,14 @@ def merge_to_disk(
         specs: list[TensorSpec] = [e.out_spec for e in plan.entries]
         by_name = {e.out_spec.name: e for e in plan.entries}
         writer = ShardedWriter(tmp, specs, limit)
-        with tqdm(
-            total=len(specs), desc=f"merge {recipe.method}", unit="tensor", disable=not progress
-        ) as bar:
-            writer.write(lambda spec: produce(by_name[spec.name], vlm, llm, base), bar.update)
+        order = [spec.name for shard in writer.shards for spec in shard]
+        ahead = Lookahead(order, lambda name: produce(by_name[name], vlm, llm, base), threads)
+        with (
+            tqdm(total=len(specs), desc=f"merge {recipe.method}", unit="tensor", disable=not progress) as bar,
+            one_thread(torch.device("cpu")),
+            ahead,
+        ):
+            writer.write(lambda spec: ahead.get(spec.name), bar.update)
         _copy_aux(vlm.root, tmp, plan.dtype)
         (tmp / "recipe.json").write_text(recipe.to_json() + "\n", encoding="utf-8")
         hasher.join()

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from merge_core import Recipe, merge_to_disk
+from merge_core import MergesearchError, Recipe, merge_to_disk
 from search.cli import main
 from tests.tiny.models import cached_trio
 
@@ -100,6 +100,23 @@ def test_same_recipe_gives_identical_bytes_across_processes(trio, tmp_path):
         load_file(out / "model.safetensors")["model.layers.0.mlp.up_proj.weight"],
         vlm["model.layers.0.mlp.up_proj.weight"],
     )
+
+
+def test_merge_threads_do_not_change_the_bytes(trio, tmp_path, monkeypatch):
+    recipe = recipe_for(trio, method="ties", density=0.4)
+    got = {}
+    torch_threads = torch.get_num_threads()
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("MERGESEARCH_MERGE_THREADS", threads)
+        out = merge_to_disk(recipe, tmp_path / f"t{threads}", progress=False, shard_size="20KB")
+        got[threads] = {f.name: f.read_bytes() for f in sorted(out.glob("*.safetensors"))}
+    assert len(got["1"]) > 1 and got["1"] == got["2"] == got["3"]
+    assert torch.get_num_threads() == torch_threads  # restored after the merge
+    for bad in ("0", "two"):
+        monkeypatch.setenv("MERGESEARCH_MERGE_THREADS", bad)
+        with pytest.raises(MergesearchError, match="^MERGESEARCH_MERGE_THREADS is"):
+            merge_to_disk(recipe, tmp_path / "bad", progress=False)
+        assert not (tmp_path / "bad").exists()
 
 
 HEAVY = ("transformers", "pandas", "optuna", "ray", "rich", "PIL")

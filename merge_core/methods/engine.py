@@ -17,6 +17,7 @@ its exact top-k threshold with a two-pass radix histogram over the chunks (see :
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -27,23 +28,35 @@ from merge_core.plan import TensorOp
 CPU_CHUNK = 1 << 17  # elements; 512 KiB of fp32 per temporary keeps the working set in L2
 
 
+_THREADS_LOCK = threading.Lock()
+_THREADS = {"depth": 0, "saved": 0}
+
+
 @contextlib.contextmanager
 def one_thread(device: torch.device) -> Iterator[None]:
     """Run the chunk loops single-threaded on CPU.
 
     A cache-sized chunk is too small to share between threads: each op would end in a barrier, and on a
     busy machine a descheduled worker thread stalls every one of them (measured here: 20x slower with
-    2 threads on a loaded 2-core machine than with 1).
+    2 threads on a loaded 2-core machine than with 1).  torch's thread count is process-wide, so nested
+    and concurrent uses (the streamed merge merges two tensors at once) share one setting: the first in
+    sets it to 1, the last out restores it.
     """
     if device.type != "cpu":
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    with _THREADS_LOCK:
+        if _THREADS["depth"] == 0:
+            _THREADS["saved"] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _THREADS["depth"] += 1
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _THREADS_LOCK:
+            _THREADS["depth"] -= 1
+            if _THREADS["depth"] == 0:
+                torch.set_num_threads(_THREADS["saved"])
 
 
 def chunks(n: int, device: torch.device) -> Iterator[tuple[int, int]]:

@@ -33,13 +33,17 @@ def resolve_device(device: str | torch.device, *, workers: int = 1, field: str =
     try:
         dev = torch.device(text)
     except (RuntimeError, TypeError) as err:
-        raise DeviceError(f"{field} {str(device)!r} is not a device ({err}); use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+        raise DeviceError(
+            f"{field} {str(device)!r} is not a device ({err}); use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
     if dev.type == "cpu":
         return dev
     try:
         mod = torch.get_device_module(dev.type)
     except RuntimeError:
-        raise DeviceError(f"{field} {text!r}: torch has no {dev.type} backend; use 'auto', 'cpu' or 'cuda'") from None
+        raise DeviceError(
+            f"{field} {text!r}: torch has no {dev.type} backend; use 'auto', 'cpu' or 'cuda'"
+        ) from None
     count = int(mod.device_count()) if mod.is_available() else 0
     if count == 0:
         raise DeviceError(

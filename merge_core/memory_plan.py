@@ -106,7 +106,11 @@ class MemoryPlan:
         return (
             f"memory plan on {self.device} ({g(self.free)} GB free): sources = {self.tier!r}: "
             f"model {g(self.model)} GB, pristine {g(self.pristine)}, llm {g(self.llm)}, base {g(self.base)}"
-            + (" (held on the device)" if self.tier == "device" else f" (streamed; buffers {g(self.buffers)})")
+            + (
+                " (held on the device)"
+                if self.tier == "device"
+                else f" (streamed; buffers {g(self.buffers)})"
+            )
             + f", merge scratch {g(self.scratch)}; {g(self.on_device())} GB on the device, "
             f"{g(self.left())} GB left for generation (reserve {g(self.reserve)}); "
             f"{other} tier: {g(self.on_device(other))} GB, {g(self.left(other))} left"

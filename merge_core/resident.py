@@ -258,7 +258,9 @@ class ResidentMerger:
         """Put the pristine VLM weights back."""
         if self._stager is not None:
             r = self._readers["vlm"]
-            self._stream([Job((c, None), ((r, self._slots[c].vlm_name), None, None)) for c in sorted(self._dirty)])
+            self._stream(
+                [Job((c, None), ((r, self._slots[c].vlm_name), None, None)) for c in sorted(self._dirty)]
+            )
             return
         for canon in sorted(self._dirty):
             slot = self._slots[canon]

@@ -50,7 +50,9 @@ class SourceReader:
         while done < spec.nbytes:
             got = os.preadv(fd, [view[done:]], spec.offset + done)
             if got <= 0:
-                raise ModelFilesError(f"safetensors file {str(file)!r} ended inside tensor {name!r}; re-download it")
+                raise ModelFilesError(
+                    f"safetensors file {str(file)!r} ended inside tensor {name!r}; re-download it"
+                )
             done += got
         return buf.view(ST_DTYPES[spec.dtype]).reshape(spec.shape)
 
@@ -81,13 +83,17 @@ class Stager:
         self.main = self.mod.current_stream(device)
         self.side = self.mod.Stream() if self.copy else self.main
 
-    def stage(self, hosts: Sequence[torch.Tensor | None], dtype: torch.dtype) -> tuple[list[torch.Tensor | None], Any]:
+    def stage(
+        self, hosts: Sequence[torch.Tensor | None], dtype: torch.dtype
+    ) -> tuple[list[torch.Tensor | None], Any]:
         """The tensors on the device in ``dtype`` (floating ones) and the event the compute stream waits on."""
         if not self.copy:
             return [None if h is None else _cast(h, dtype) for h in hosts], None
         out: list[torch.Tensor | None] = []
         for h in hosts:
-            out.append(None if h is None else torch.empty(h.shape, dtype=_target(h, dtype), device=self.device))
+            out.append(
+                None if h is None else torch.empty(h.shape, dtype=_target(h, dtype), device=self.device)
+            )
         with self.mod.stream(self.side):
             self.side.wait_stream(self.main)
             for h, d in zip(hosts, out, strict=True):

@@ -81,3 +81,10 @@ def free_memory(device: torch.device) -> int:
     mod = torch.get_device_module(device.type)
     free, _total = mod.mem_get_info(device)
     return int(free)
+
+
+def free_per_worker(device: torch.device, workers: int) -> int:
+    """Free bytes one of ``workers`` workers may plan with: CPU workers share the host's RAM; each
+    accelerator worker has a device of its own (:func:`resolve_device` checked there are enough)."""
+    free = free_memory(device)
+    return free // max(1, workers) if device.type == "cpu" else free

@@ -173,3 +173,35 @@ def _with_tier(plan: MemoryPlan, tier: str) -> MemoryPlan:
     import dataclasses
 
     return dataclasses.replace(plan, tier=tier)
+
+
+def plan_for_checkpoints(
+    vlm: str,
+    llm: str,
+    base: str | None,
+    *,
+    device: torch.device,
+    dtype: str | None,
+    components: Iterable[str],
+    sources: str,
+    workers: int = 1,
+) -> MemoryPlan:
+    """:func:`plan_memory` for checkpoint directories (headers only), with each of ``workers`` workers'
+    share of the free memory (:func:`merge_core.devices.free_per_worker`): what a study checks first."""
+    from merge_core.devices import free_per_worker
+    from merge_core.io import DTYPE_NAMES, ModelFiles
+    from merge_core.plan import output_dtype
+    from merge_core.recipe import Recipe
+    from merge_core.tensor_map import preflight
+
+    files = [ModelFiles(vlm, "vlm"), ModelFiles(llm, "llm"), ModelFiles(base, "base") if base else None]
+    try:
+        tmap = preflight(*files)
+        dt = DTYPE_NAMES[dtype] if dtype else output_dtype(Recipe(vlm=vlm, llm=llm), tmap)
+        return plan_memory(
+            tmap, dt, components, device=device, free=free_per_worker(device, workers), sources=sources
+        )
+    finally:
+        for f in files:
+            if f is not None:
+                f.close()

@@ -44,6 +44,8 @@ class WorkerConfig:
     limit: int = 0
     threads: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    sources: str = "auto"  # merge_core.memory_plan's tier: device | host | auto
+    components: tuple[str, ...] | None = None  # what recipes may merge (None: all); held by the merger
 
 
 class TrialWorker:
@@ -72,6 +74,8 @@ class TrialWorker:
             device=cfg.device,
             dtype=dtype,
             trust_remote_code=cfg.trust_remote_code,
+            sources=cfg.sources,
+            components=cfg.components,
         )
         self.processor = load_processor(cfg.vlm, trust_remote_code=cfg.trust_remote_code)
         datasets = []

@@ -26,7 +26,7 @@ import torch
 from merge_core.architectures import classify_vlm
 from merge_core.devices import free_memory, resolve_device
 from merge_core.errors import ArchitectureError, RecipeError
-from merge_core.io import DTYPE_NAMES, ModelFiles, resolve_model_path
+from merge_core.io import DTYPE_NAMES, ModelFiles, keep_freed_memory, resolve_model_path
 from merge_core.memory_plan import MemoryPlan, held_tensors, plan_memory
 from merge_core.methods import merge_tensor
 from merge_core.plan import Plan, build_plan, output_dtype
@@ -158,6 +158,7 @@ class ResidentMerger:
             if self.files_base is not None:
                 self._readers["base"] = SourceReader(self.files_base)
             self._stager = Stager(self.device)
+            keep_freed_memory()  # each apply allocates its sources again: reuse the last one's pages
         self._dirty: set[str] = set()
         self._plans: dict[str, Plan] = {}
 

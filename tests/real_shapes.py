@@ -47,6 +47,11 @@ MISTRAL_TEXT = dict(
     num_key_value_heads=8, max_position_embeddings=32768, rms_norm_eps=1e-5, tie_word_embeddings=False,
 )  # fmt: skip
 
+# ``tiny``: the same layout and vocabulary (the special tokens keep their ids) with small widths
+TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
+TINY_QWEN_VISION = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
+                        fullatt_block_indexes=[1])  # fmt: skip
+
 # in-memory prefix -> hub prefix (first match); names not listed are stored as they are in memory
 HUB_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
     "qwen2_5_vl": (("model.language_model.", "model."), ("model.visual.", "visual.")),
@@ -61,21 +66,27 @@ HUB_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def _layers(text: dict, layers: int | None) -> dict:
+def _layers(text: dict, layers: int | None, tiny: bool = False) -> dict:
+    text = {**text, **TINY_TEXT} if tiny else text
     return text if layers is None else {**text, "num_hidden_layers": layers}
 
 
-def vlm_config(family: str, layers: int | None = None) -> PretrainedConfig:
-    """The VLM's config at real size (``layers``: fewer decoder layers)."""
+def vlm_config(family: str, layers: int | None = None, tiny: bool = False) -> PretrainedConfig:
+    """The VLM's config at real size (``layers``: fewer decoder layers; ``tiny``: small widths, Qwen only)."""
     if family == "qwen2_5_vl":
-        text = {**_layers(QWEN_TEXT, layers), "rope_parameters": {
-            "rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}}  # fmt: skip
+        text = {**_layers(QWEN_TEXT, layers, tiny), "rope_parameters": {
+            "rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3] if tiny else [16, 24, 24]}}  # fmt: skip
         vision = dict(
             depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
             patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
             fullatt_block_indexes=[7, 15, 23, 31],
         )  # fmt: skip
-        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False)
+        vision.update(TINY_QWEN_VISION if tiny else {})
+        return Qwen2_5_VLConfig(
+            text_config={**text, "bos_token_id": 151643, "eos_token_id": 151645},
+            vision_config=vision, image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
+            vision_end_token_id=151653, tie_word_embeddings=False,
+        )  # fmt: skip
     if family == "llava_next":
         text = {**_layers(LLAMA3_TEXT, layers), "vocab_size": 128320, "model_type": "llama"}
         vision = dict(
@@ -100,10 +111,10 @@ def vlm_config(family: str, layers: int | None = None) -> PretrainedConfig:
     raise KeyError(family)
 
 
-def llm_config(family: str, layers: int | None = None) -> PretrainedConfig:
-    """The paired text-only LLM's (and base's) config at real size."""
+def llm_config(family: str, layers: int | None = None, tiny: bool = False) -> PretrainedConfig:
+    """The paired text-only LLM's (and base's) config at real size (``tiny``: Qwen only)."""
     if family == "qwen2_5_vl":
-        return Qwen2Config(**_layers(QWEN_TEXT, layers), rope_theta=1000000.0)
+        return Qwen2Config(**_layers(QWEN_TEXT, layers, tiny), rope_theta=1000000.0)
     if family == "llava_next":
         return LlamaConfig(**_layers(LLAMA3_TEXT, layers), vocab_size=128256, rope_theta=500000.0)
     if family == "idefics2":

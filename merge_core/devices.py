@@ -23,7 +23,8 @@ class DeviceError(MergesearchError):
 
 
 def resolve_device(device: str | torch.device, *, workers: int = 1, field: str = "device") -> torch.device:
-    """The validated ``torch.device`` for ``device`` ("auto", "cpu", "cuda", "cuda:N", ...).
+    """The validated ``torch.device`` for ``device`` ("auto", "cpu", "cuda", "cuda:N", ...); an accelerator
+    device comes back with its index (``cuda`` → ``cuda:<current device>``).
 
     Raises DeviceError (naming ``field``) when the string is not a device, the device type has no device
     on this host, the index is out of range, or ``workers`` exceeds the number of such devices."""
@@ -60,7 +61,8 @@ def resolve_device(device: str | torch.device, *, workers: int = 1, field: str =
             f"{workers} workers asked on {text!r} but this host has {count} {dev.type} device(s) and a worker "
             f"needs one of its own; set workers <= {count if dev.index is None else 1}"
         )
-    return dev
+    # with its index: streams and set_device need one ("cuda" means the current device)
+    return dev if dev.index is not None else torch.device(dev.type, int(mod.current_device()))
 
 
 def _meminfo_available() -> int:

@@ -199,13 +199,14 @@ def test_missing_device_is_an_error_before_anything_loads(tmp_path, monkeypatch)
     assert str(resident.resolve_device("auto")) == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     with pytest.raises(DeviceError, match="'cuda:3' does not exist: this host has 1 cuda device"):
         ResidentMerger(missing, missing, device="cuda:3")
     with pytest.raises(DeviceError, match="not a device"):
         ResidentMerger(missing, missing, device="gpu0")
     with pytest.raises(DeviceError, match="2 workers asked on 'cuda'.*workers <= 1"):
         resident.resolve_device("cuda", workers=2)
-    assert str(resident.resolve_device("auto")) == "cuda"
+    assert str(resident.resolve_device("auto")) == str(resident.resolve_device("cuda")) == "cuda:0"
     assert str(resident.resolve_device("cuda:0")) == "cuda:0"
 
 

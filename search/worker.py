@@ -107,13 +107,16 @@ class TrialWorker:
         self.load_s = time.perf_counter() - t0
 
     def info(self) -> dict[str, Any]:
-        """Host, pid, device, load time, and the step plan: per step, [dataset, items] of each chunk."""
+        """Host, pid, device, load time, memory tier and plan, and the step plan: per step, [dataset, items]
+        of each chunk."""
         return {
             "worker": self.label,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "device": self.cfg.device,
             "load_s": self.load_s,
+            "sources": self.merger.sources,
+            "memory_plan": self.merger.memory_plan.summary(),
             "steps": [[[c.dataset, len(c.indices)] for c in step] for step in self.steps],
             "datasets": {d.name: len(d.items) for d in self.datasets},
         }

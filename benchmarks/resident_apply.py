@@ -223,7 +223,11 @@ def main() -> None:
             args.methods.split(","), args.go,
         )  # fmt: skip
         return
-    paths = trio(Path(args.cache).expanduser(), args.layers)
+    paths = {
+        k: v
+        for k, v in trio(Path(args.cache).expanduser(), args.layers).items()
+        if k in ("vlm", "llm", "base")
+    }
     for p in paths.values():  # warm the page cache: the floors are page-cache reads
         subprocess.run(["cat", str(p / "model.safetensors")], stdout=subprocess.DEVNULL, check=True)
     layers = args.layers or merge_throughput.TEXT["num_hidden_layers"]

@@ -107,10 +107,11 @@ def child(
         "linear": Recipe.from_dict({**base, "method": "linear", "weight": 0.1}),
         "ties": Recipe.from_dict({**base, "method": "ties", "density": 0.5}),
     }
+    merged = merger.plan(recipes["ties"]).merged()  # linear and TIES merge the same tensors
     recipes = {k: v for k, v in recipes.items() if k in methods}
     readers = {k: SourceReader(getattr(merger, f"files_{k}")) for k in ("vlm", "llm", "base")}
     reads = {"linear": [], "ties": []}  # what the host tier reads for each recipe
-    for e in merger.plan(recipes["ties"]).merged():
+    for e in merged:
         slot = merger._slots[e.canonical]
         pairs = [(readers["vlm"], slot.vlm_name), (readers["llm"], slot.llm_name)]
         reads["linear"] += pairs
@@ -144,9 +145,7 @@ def child(
     if go:  # the 2-worker run: start the timed part together
         while not Path(go).exists():
             time.sleep(0.01)
-    times: dict[str, list[float]] = {
-        k: [] for k in ("linear", "ties", "read_linear", "read_ties", "copy_linear", "copy_ties")
-    }
+    times: dict[str, list[float]] = {f"{p}{m}": [] for m in recipes for p in ("", "read_", "copy_")}
     pss = _pss()
     for _ in range(rounds):
         for name, recipe in recipes.items():
@@ -166,21 +165,14 @@ def child(
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def run_workers(tier: str, n: int, paths: dict[str, Path], args: argparse.Namespace) -> list[dict]:
+def run_workers(
+    tier: str, n: int, paths: dict[str, Path], args: argparse.Namespace, methods: str, rounds: int
+) -> list[dict]:
     go = Path(f"/tmp/resident-apply-go-{os.getpid()}-{tier}-{n}")
     go.unlink(missing_ok=True)
     spec = json.dumps({k: str(v) for k, v in paths.items()})
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        tier,
-        spec,
-        "--components",
-        args.components,
-        "--rounds",
-        str(args.rounds),
-    ]
+    cmd = [sys.executable, __file__, "--child", tier, spec, "--components", args.components,
+           "--rounds", str(rounds), "--methods", methods]  # fmt: skip
     procs = [
         subprocess.Popen(
             [*cmd, "--go", str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT

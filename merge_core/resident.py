@@ -157,7 +157,7 @@ class ResidentMerger:
             self._readers = {"vlm": SourceReader(self.files_vlm), "llm": SourceReader(self.files_llm)}
             if self.files_base is not None:
                 self._readers["base"] = SourceReader(self.files_base)
-            self._stager = Stager(self.device)
+            self._stager = Stager(self.device, pool_bytes=self.memory_plan.buffers)
             keep_freed_memory()  # each apply allocates its sources again: reuse the last one's pages
         self._dirty: set[str] = set()
         self._plans: dict[str, Plan] = {}

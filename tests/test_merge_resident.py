@@ -41,7 +41,7 @@ def merger_for(trio, tier: str, monkeypatch=None, **kw) -> ResidentMerger:
     """A merger in ``tier``; "host-side-stream" runs the host tier through the stager's copy path
     (allocate, side stream, event) that every device but the CPU takes."""
     if tier == "host-side-stream":
-        monkeypatch.setattr(resident, "Stager", lambda device: Stager(device, copy=True))
+        monkeypatch.setattr(resident, "Stager", lambda device, **kw: Stager(device, copy=True, **kw))
         tier = "host"
     return ResidentMerger(str(trio.vlm), str(trio.llm), str(trio.base), sources=tier, report=None, **kw)
 

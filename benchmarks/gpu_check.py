@@ -176,7 +176,8 @@ def tiers(paths: dict[str, Path], device: torch.device, rounds: int) -> tuple[bo
                 times.append(time.perf_counter() - t0)
             live = {k: p.detach() for k, p in merger.model.named_parameters() if _canonical(k)}
             if tier == "device":
-                reference[name] = {k: v.to("cpu", copy=True) for k, v in live.items()}  # a copy on the CPU too
+                # a copy, on the CPU too (.cpu() of a CPU tensor is the tensor itself)
+                reference[name] = {k: v.to("cpu", copy=True) for k, v in live.items()}
                 same = ""
             else:
                 diff = [k for k, v in live.items() if not torch.equal(v.cpu(), reference[name][k])]
@@ -186,6 +187,7 @@ def tiers(paths: dict[str, Path], device: torch.device, rounds: int) -> tuple[bo
                     if not diff
                     else f"  MISMATCH in {len(diff)} tensors, e.g. {diff[0]}"
                 )
+            del live  # the device tier's model must be gone when the host tier's peak is measured
             say(f"  apply {name:9s} {statistics.median(times):7.3f}s (median of {rounds}){same}")
         planned = merger.memory_plan.on_device()
         measured = peak.bytes()
@@ -229,14 +231,16 @@ class CountingGenerate:
         self.model, self.inner, self.limit = model, model.generate, limit
         self.tokens = self.calls = self.refused = 0
 
-    def __call__(self, **kwargs):
-        n = int(kwargs["input_ids"].shape[0])
+    def __call__(self, *args, **kwargs):
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        n = int(ids.shape[0])
         if self.limit is not None and n > self.limit:
             self.refused += 1
             raise torch.OutOfMemoryError(f"stand-in: batch of {n} > {self.limit}")
-        out = self.inner(**kwargs)
+        out = self.inner(*args, **kwargs)
         self.calls += 1
-        self.tokens += int(out.shape[0] * (out.shape[1] - kwargs["input_ids"].shape[1]))
+        seqs = out if isinstance(out, torch.Tensor) else out.sequences
+        self.tokens += int(seqs.shape[0] * (seqs.shape[1] - ids.shape[1]))
         return out
 
 

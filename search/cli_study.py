@@ -27,6 +27,10 @@ def _load(args: argparse.Namespace) -> StudySpec:
         changes["n_trials"] = args.n_trials
     if getattr(args, "workers", None) is not None:
         changes["workers"] = args.workers
+    if getattr(args, "sources", None) is not None:
+        import dataclasses
+
+        changes["models"] = dataclasses.replace(spec.models, sources=args.sources)
     if getattr(args, "timeout", None) is not None:
         from search.spec import parse_duration
 
@@ -50,8 +54,14 @@ def run_study(
 
     console = console or Console()
     check_storage_url(spec.storage)  # an unwritable store fails before any model or Ray work
+    if ray_address is None:  # local workers: the device and the worker count are checked on this host
+        from merge_core.devices import resolve_device
+
+        resolve_device(spec.models.device, workers=spec.workers, field="models.device")
     resolved = resolve(spec, build_toy=build_toy, console=console)
     preflight(resolved)
+    if ray_address is None:
+        spec = plan_sources(spec, resolved, console)
     coord = Coordinator(spec, resolved, ray_address=ray_address, console=console, live=live)
     coord.open()
     console.print(
@@ -69,6 +79,26 @@ def run_study(
     if promote and spec.promotion.top_k > 0:
         promote_best(spec, console)
     return summary
+
+
+def plan_sources(spec: StudySpec, resolved: Any, console: Console) -> StudySpec:
+    """Print the memory plan of one local worker (headers only) and fix ``models.sources`` to its tier;
+    MemoryPlanError when it cannot fit. Hub ids are planned by each worker once it has the files."""
+    import dataclasses
+
+    from merge_core.devices import resolve_device
+    from merge_core.memory_plan import plan_for_checkpoints
+    from search.spec import merge_components
+
+    if not all(Path(p).is_dir() for p in (resolved.vlm, resolved.llm, resolved.base) if p):
+        return spec
+    device = resolve_device(spec.models.device, workers=spec.workers, field="models.device")
+    plan = plan_for_checkpoints(
+        resolved.vlm, resolved.llm, resolved.base, device=device, dtype=spec.models.dtype,
+        components=merge_components(spec), sources=spec.models.sources, workers=spec.workers,
+    )  # fmt: skip
+    console.print(f"each of {spec.workers} worker(s): {plan.summary()}", highlight=False)
+    return spec.replace(models=dataclasses.replace(spec.models, sources=plan.tier))
 
 
 def promote_best(spec: StudySpec, console: Console) -> list:
@@ -203,6 +233,10 @@ def register(sub: Any) -> None:
     _study_arg(p)
     p.add_argument("--n-trials", type=int, help="COMPLETE + PRUNED trials to reach (overrides n_trials)")
     p.add_argument("--workers", type=int, help="number of Ray workers (overrides workers)")
+    p.add_argument(
+        "--sources", choices=("device", "host", "auto"),
+        help="where workers keep the merge sources: on the device, streamed from the host, or auto (overrides models.sources)",
+    )  # fmt: skip
     p.add_argument("--timeout", help="stop asking for trials after this long (seconds or '8h')")
     p.add_argument(
         "--ray-address", help="join an existing Ray cluster (e.g. 10.0.0.1:6379) instead of a local one"

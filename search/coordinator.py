@@ -60,7 +60,7 @@ from search.progress import ProgressView, Tally
 from search.prune_view import StudyView, local_decision
 from search.resolve import Resolved
 from search.space import SearchSpace
-from search.spec import StudySpec
+from search.spec import StudySpec, merge_components
 from search.storage import open_study, trials_read_once, write_trial_attrs
 from search.store_queue import StoreQueue
 from search.worker import WorkerConfig, remote_worker_class
@@ -522,6 +522,8 @@ class Coordinator:
             batch_size=obj.batch_size,
             limit=obj.limit,
             env=env,
+            sources=self.spec.models.sources,
+            components=merge_components(self.spec),
         )
 
     def _resources(self) -> tuple[str, dict[str, float], int]:
@@ -536,10 +538,12 @@ class Coordinator:
                 raise WorkerStartError(
                     f"models.device = {device!r} but the Ray cluster has no GPU; use device = 'auto' or 'cpu'"
                 )
-            n = min(self.n_workers, gpus)
-            if gpus and n < self.n_workers:
-                self.view.event(f"{self.n_workers} workers asked, {gpus} GPU(s) in the cluster: using {n}")
-            return device, {"num_gpus": 1, "num_cpus": 1}, n
+            if self.n_workers > gpus:
+                raise WorkerStartError(
+                    f"{self.n_workers} workers asked on {device!r} but the Ray cluster has {gpus} GPU(s) and a "
+                    f"worker needs one of its own; set workers (or --workers) <= {gpus}"
+                )
+            return device, {"num_gpus": 1, "num_cpus": 1}, self.n_workers
         return device, {"num_gpus": 0, "num_cpus": 1}, self.n_workers
 
     def _spawn(self, index: int) -> Slot:

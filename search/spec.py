@@ -18,6 +18,7 @@ Layout (all tables optional except ``[models]`` and ``[objectives]``)::
     [models]                          # paths / hub ids; or toy = {seed = 0, size = "full"}
     vlm = "..."; llm = "..."; base = "..."
     device = "auto"; dtype = "bfloat16"; trust_remote_code = false
+    sources = "auto"                  # merge sources on the "device", streamed from the "host", or "auto"
 
     [objectives]
     datasets = ["MathVista_TOY_PROXY200", "MathVision_TOY_PROXY200"]
@@ -57,6 +58,8 @@ METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "lay
 COMPONENTS = ("attention", "mlp", "norm", "embed", "lm_head")
 SHAPES = ("constant", "linear", "loglinear", "step", "explicit")
 TOY_SIZES = ("full", "ci")
+DEVICES = ("auto", "cpu", "cuda")  # Ray gives each worker a GPU of its own, which it sees as cuda:0
+SOURCES = ("device", "host", "auto")  # merge_core.memory_plan's tiers
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -83,6 +86,7 @@ class ModelsSpec:
     device: str = "auto"
     dtype: str | None = None
     trust_remote_code: bool = False
+    sources: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -395,9 +399,10 @@ def _parse_models(t: _Reader) -> ModelsSpec:
         llm=llm,
         base=base,
         toy=toy,
-        device=t.str_("device", "auto") or "auto",
+        device=t.str_("device", "auto", DEVICES) or "auto",
         dtype=t.str_("dtype", None, ("float32", "bfloat16", "float16")),
         trust_remote_code=t.bool_("trust_remote_code", False),
+        sources=t.str_("sources", "auto", SOURCES) or "auto",
     )
     t.finish()
     return spec
@@ -637,6 +642,19 @@ def spec_from_dict(data: dict[str, Any], *, src: str = "<study>", base_dir: Path
     root.finish()
     _check_budget(spec, src)
     return spec
+
+
+def merge_components(spec: StudySpec) -> tuple[str, ...]:
+    """Every component a recipe of this study can merge (the space's choices and the baselines'): what a
+    worker must hold."""
+    from merge_core.recipe import DEFAULT_COMPONENTS
+
+    space = spec.space
+    chosen = set(space.component_flags) or {c for subset in space.components for c in subset}
+    for b in spec.baselines:
+        comps = b.fields.get("components", DEFAULT_COMPONENTS)
+        chosen |= {comps} if isinstance(comps, str) else set(comps)
+    return tuple(c for c in COMPONENTS if c in chosen)
 
 
 def load_spec(path: str | Path, *, base_dir: Path | None = None) -> StudySpec:

@@ -44,6 +44,8 @@ class WorkerConfig:
     limit: int = 0
     threads: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    sources: str = "auto"  # merge_core.memory_plan's tier: device | host | auto
+    components: tuple[str, ...] | None = None  # what recipes may merge (None: all); held by the merger
 
 
 class TrialWorker:
@@ -72,6 +74,8 @@ class TrialWorker:
             device=cfg.device,
             dtype=dtype,
             trust_remote_code=cfg.trust_remote_code,
+            sources=cfg.sources,
+            components=cfg.components,
         )
         self.processor = load_processor(cfg.vlm, trust_remote_code=cfg.trust_remote_code)
         datasets = []
@@ -103,13 +107,16 @@ class TrialWorker:
         self.load_s = time.perf_counter() - t0
 
     def info(self) -> dict[str, Any]:
-        """Host, pid, device, load time, and the step plan: per step, [dataset, items] of each chunk."""
+        """Host, pid, device, load time, memory tier and plan, and the step plan: per step, [dataset, items]
+        of each chunk."""
         return {
             "worker": self.label,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "device": self.cfg.device,
             "load_s": self.load_s,
+            "sources": self.merger.sources,
+            "memory_plan": self.merger.memory_plan.summary(),
             "steps": [[[c.dataset, len(c.indices)] for c in step] for step in self.steps],
             "datasets": {d.name: len(d.items) for d in self.datasets},
         }

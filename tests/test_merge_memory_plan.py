@@ -1,0 +1,138 @@
+"""The memory plan, from headers alone: real-size trios built on the meta device, written header-only in
+the hub's layout; the plan's bytes equal the parameter bytes of the models it plans for, tier choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from merge_core import ResidentMerger
+from merge_core.devices import free_per_worker
+from merge_core.io import ModelFiles
+from merge_core.memory_plan import MemoryPlanError, plan_for_checkpoints, plan_memory
+from merge_core.recipe import COMPONENTS, DEFAULT_COMPONENTS
+from merge_core.tensor_map import preflight
+from tests.real_shapes import FAMILIES, llm_config, meta_model, vlm_config, write_checkpoint
+from tests.tiny.models import cached_trio
+
+BF16 = 2
+GPU = torch.device("cuda")  # the plan needs only the device type; nothing is allocated
+LM_PREFIX = {
+    "qwen2_5_vl": ("model.language_model.", "lm_head."),
+    "llava_next": ("model.language_model.", "lm_head."),
+    "idefics2": ("model.text_model.", "lm_head."),
+}
+COMPONENT_OF = (
+    ("self_attn.", "attention"),
+    ("mlp.", "mlp"),
+    ("embed_tokens.", "embed"),
+    ("lm_head.", "lm_head"),
+)
+
+
+def _component(name: str) -> str:
+    for key, comp in COMPONENT_OF:
+        if key in name:
+            return comp
+    assert "norm" in name, name
+    return "norm"
+
+
+def _bytes(model: torch.nn.Module, keep=lambda name: True) -> int:
+    return sum(p.numel() * BF16 for n, p in model.named_parameters() if keep(n))
+
+
+@pytest.fixture(scope="module")
+def real_trios(tmp_path_factory):
+    """Header-only real-size trios (sparse files: nothing but headers is written) and their meta models."""
+    out = {}
+    for family in FAMILIES:
+        root = tmp_path_factory.mktemp(family)
+        vm, lm = meta_model(vlm_config(family), True), meta_model(llm_config(family), False)
+        write_checkpoint(root / "vlm", vlm_config(family), vm, family)
+        write_checkpoint(root / "llm", llm_config(family), lm, None)
+        write_checkpoint(root / "base", llm_config(family), lm, None)
+        out[family] = (root, vm, lm)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("components", [COMPONENTS, DEFAULT_COMPONENTS, ("attention",)])
+def test_plan_equals_the_parameter_bytes_it_plans_for(real_trios, family, components):
+    root, vm, lm = real_trios[family]
+    files = [ModelFiles(root / k, k) for k in ("vlm", "llm", "base")]
+    tmap = preflight(*files)
+    plan = plan_memory(tmap, torch.bfloat16, components, device=GPU, free=10**12, sources="device")
+    held = set(components)
+    lm_prefixes = LM_PREFIX[family]
+
+    def vlm_held(n: str) -> bool:
+        return n.startswith(lm_prefixes) and _component(n) in held
+
+    assert plan.model == _bytes(vm)
+    assert plan.pristine == _bytes(vm, vlm_held)
+    assert plan.llm == plan.base == _bytes(lm, lambda n: _component(n) in held)
+    assert (
+        plan.tier == "device"
+        and plan.on_device() == plan.model + plan.pristine + plan.llm + plan.base + plan.scratch
+    )
+    if components == COMPONENTS:  # the issue's figures: the model plus three copies of its LM, 60-66 GB
+        assert 59e9 < plan.model + plan.pristine + plan.llm + plan.base < 67e9
+
+
+def test_auto_picks_the_tier_that_fits_and_refuses_what_cannot(real_trios):
+    root, _, _ = real_trios["qwen2_5_vl"]
+    tmap = preflight(*[ModelFiles(root / k, k) for k in ("vlm", "llm", "base")])
+    probe = plan_memory(tmap, torch.bfloat16, COMPONENTS, device=GPU, free=10**12, sources="device")
+    need_device = probe.on_device("device") + probe.reserve
+    need_host = probe.on_device("host") + probe.reserve
+    assert need_host < need_device
+    for free, tier in ((need_device, "device"), (need_device - 1, "host"), (need_host, "host")):
+        assert (
+            plan_memory(tmap, torch.bfloat16, COMPONENTS, device=GPU, free=free, sources="auto").tier == tier
+        )
+    with pytest.raises(MemoryPlanError, match="do not fit cuda with sources = 'auto'.*GB"):
+        plan_memory(tmap, torch.bfloat16, COMPONENTS, device=GPU, free=need_host - 1, sources="auto")
+    with pytest.raises(MemoryPlanError, match="sources = 'device'"):
+        plan_memory(tmap, torch.bfloat16, COMPONENTS, device=GPU, free=need_device - 1, sources="device")
+    with pytest.raises(MemoryPlanError, match="not one of"):
+        plan_memory(tmap, torch.bfloat16, COMPONENTS, device=GPU, free=need_device, sources="gpu")
+    # without embed / lm_head an 80 GB card holds everything on the device, with 15+ GB for generation
+    small = plan_memory(tmap, torch.bfloat16, DEFAULT_COMPONENTS, device=GPU, free=80 * 10**9, sources="auto")
+    assert small.tier == "device" and small.left() > 15e9
+
+
+def test_cpu_workers_share_the_host_memory(monkeypatch):
+    import merge_core.devices as devices
+
+    monkeypatch.setattr(devices, "free_memory", lambda device: 8000)
+    assert free_per_worker(torch.device("cpu"), 4) == 2000
+    assert free_per_worker(torch.device("cuda"), 4) == 8000  # each GPU worker has a device of its own
+
+
+def test_plan_matches_what_the_device_tier_holds(tmp_path_factory):
+    trio = cached_trio(tmp_path_factory, "qwen2_vl")
+    for components in (COMPONENTS, ("mlp", "embed")):
+        lines: list[str] = []
+        merger = ResidentMerger(
+            str(trio.vlm),
+            str(trio.llm),
+            str(trio.base),
+            sources="device",
+            components=components,
+            report=lines.append,
+        )
+        plan = merger.memory_plan
+        assert plan.pristine + plan.llm + plan.base == merger.resident_bytes() > 0
+        assert plan.model == sum(p.numel() * p.element_size() for p in merger.model.parameters())
+        assert lines == [plan.summary()] and "GB left for generation" in lines[0]
+    files = plan_for_checkpoints(
+        str(trio.vlm), str(trio.llm), str(trio.base), device=torch.device("cpu"), dtype=None,
+        components=("mlp", "embed"), sources="auto", workers=2,
+    )  # fmt: skip
+    assert (files.model, files.pristine, files.llm, files.base) == (
+        plan.model,
+        plan.pristine,
+        plan.llm,
+        plan.base,
+    )

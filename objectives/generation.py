@@ -12,11 +12,12 @@ model's floating dtype (bf16 on GPU when the model is bf16). Decoding is greedy 
 
 Batch order. HF ``generate`` keeps a finished row in the batch until every row has finished, so a batch
 costs ``rows × (longest continuation)`` decode row-steps; the rest is waste. The first time a Generator sees
-items they are batched by prompt length (sorted by length, then position — deterministic); after that, by
-the continuation length each item had the last time (then prompt length, then position): a resident worker
+items they are batched by prompt length (sorted by length, then position — deterministic); with
+``predict_lengths``, later calls batch by the continuation length each item had the last time (then prompt length, then position): a resident worker
 scores the same items for every recipe, and an item's answer length changes little from one recipe to the
-next, so rows that finish together share a batch. ``benchmarks/generation_padding.py`` measures the waste
-both ways. Greedy outputs do not depend on the batch an item is in (float32, tested against unbatched
+next, so rows that finish together share a batch. That makes a batch's membership depend on the recipe
+scored before (bit-identical scores need batch-invariant kernels), so it is opt-in (``predict_lengths``);
+``benchmarks/generation_padding.py`` measures the waste both ways. Greedy outputs do not depend on the batch an item is in (float32, tested against unbatched
 generation); in bf16 on a GPU, batched kernels may differ from unbatched ones in the last bits.
 
 Memory. A batch that raises ``torch.OutOfMemoryError`` is split in halves and each half retried; the
@@ -233,7 +234,7 @@ class Generator:
         config: GenerationConfig | None = None,
         *,
         cache_dtype: torch.dtype | None = None,
-        predict_lengths: bool = True,
+        predict_lengths: bool = False,
     ):
         self.processor = processor
         self.config = config or GenerationConfig()
@@ -405,8 +406,10 @@ class Generator:
         )
         prompt_width = inputs["input_ids"].shape[1]
         new = out[:, prompt_width:].cpu()
-        self._count(batch, items, new, eos, encodings, prompt_width, dataset_name)
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        kept = self._count(batch, items, new, eos, encodings, prompt_width, dataset_name)
+        # a row's text ends before its eos: ids added by ``eos_token_ids`` need not be special tokens
+        rows = [row[:n].tolist() for row, n in zip(new, kept, strict=True)]
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
         return [self._cut(text) for text in texts]
 
     def _cut(self, text: str) -> str:
@@ -423,8 +426,9 @@ class Generator:
         encodings: list[dict[str, torch.Tensor]],
         prompt_width: int,
         dataset_name: str | None,
-    ) -> None:
-        """Decode stats of one batch, and each row's own continuation length (the next call's prediction)."""
+    ) -> list[int]:
+        """Decode stats of one batch, and each row's own continuation length (the next call's prediction);
+        returns the number of tokens of each row before its eos (all of them when it has none)."""
         rows, width = new.shape
         ended = (
             torch.isin(new, torch.tensor(eos, dtype=new.dtype))
@@ -440,6 +444,7 @@ class Generator:
         self.stats.prompt_pad_tokens += sum(prompt_width - n for n in lengths)
         for i, n in zip(batch, own.tolist(), strict=True):
             self._new_tokens[self._key(items[i], dataset_name)] = int(n)
+        return torch.where(ended.any(dim=1), own - 1, own).tolist()
 
 
 def generate_responses(

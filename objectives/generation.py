@@ -99,13 +99,16 @@ class Generation:
 class DecodeStats:
     """Decode work since the Generator was made. ``row_steps`` = sum over batches of rows × generated width;
     ``wasted_row_steps`` = the part after a row's own end (its first eos, else the width): rows that had
-    finished and waited for the batch. ``oom_splits``: batches split after an out-of-memory error."""
+    finished and waited for the batch. ``prompt_tokens`` / ``prompt_pad_tokens``: the batches' padded prompt
+    width × rows, and the padding in it; ``reencoded_tokens``: prompt + tokens so far of rows that went on to
+    a next segment (``segment_tokens``). ``oom_splits``: batches split after an out-of-memory error."""
 
     batches: int = 0
     row_steps: int = 0
     wasted_row_steps: int = 0
     prompt_tokens: int = 0
     prompt_pad_tokens: int = 0
+    reencoded_tokens: int = 0
     oom_splits: int = 0
     oom_failures: int = 0
 
@@ -235,6 +238,7 @@ class Generator:
         *,
         cache_dtype: torch.dtype | None = None,
         predict_lengths: bool = False,
+        segment_tokens: int | None = None,
     ):
         self.processor = processor
         self.config = config or GenerationConfig()
@@ -242,6 +246,7 @@ class Generator:
         # model's dtype when it is known, so a bf16 model's cache is half the size and needs no cast.
         self.cache_dtype = cache_dtype
         self.predict_lengths = predict_lengths
+        self.segment_tokens = segment_tokens
         tokenizer = getattr(processor, "tokenizer", processor)
         self.tokenizer = tokenizer
         pad = tokenizer.pad_token_id
@@ -378,12 +383,10 @@ class Generator:
         device: torch.device,
         dtype: torch.dtype,
     ) -> list[str]:
+        """Greedy texts of one batch. With ``segment_tokens``, generation runs in segments of that many
+        tokens, doubling each time; after a segment the rows that ended leave the batch and the others go
+        on from their prompt + tokens so far, encoded afresh (the same greedy continuation)."""
         cfg = self.config
-        inputs = left_pad_collate(encodings, self.pad_id)
-        inputs = {
-            k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
-            for k, v in inputs.items()
-        }
         kwargs: dict[str, Any] = {}
         if cfg.repetition_penalty is not None:
             kwargs["repetition_penalty"] = cfg.repetition_penalty
@@ -393,58 +396,79 @@ class Generator:
         eos = _eos_ids(model, cfg.eos_token_ids)
         if cfg.eos_token_ids:
             kwargs["eos_token_id"] = eos
-        out = model.generate(
-            **inputs,
-            do_sample=False,
-            num_beams=1,
-            max_new_tokens=cfg.max_new_tokens,
-            pad_token_id=self.pad_id,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            **kwargs,
-        )
-        prompt_width = inputs["input_ids"].shape[1]
-        new = out[:, prompt_width:].cpu()
-        kept = self._count(batch, items, new, eos, encodings, prompt_width, dataset_name)
-        # a row's text ends before its eos: ids added by ``eos_token_ids`` need not be special tokens
-        rows = [row[:n].tolist() for row, n in zip(new, kept, strict=True)]
-        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        tokens: list[list[int]] = [[] for _ in batch]
+        ended = [False] * len(batch)
+        pending = list(range(len(batch)))
+        budget, step, first = cfg.max_new_tokens, self.segment_tokens or cfg.max_new_tokens, True
+        while pending and budget > 0:
+            parts = [_extend(encodings[r], tokens[r]) for r in pending]
+            inputs = left_pad_collate(parts, self.pad_id)
+            inputs = {
+                k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
+                for k, v in inputs.items()
+            }
+            n = min(step, budget)
+            out = model.generate(
+                **inputs,
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=n,
+                pad_token_id=self.pad_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                **kwargs,
+            )
+            width = inputs["input_ids"].shape[1]
+            new = out[:, width:].cpu()
+            lengths = [int(p["input_ids"].shape[-1]) for p in parts]
+            if first:
+                self.stats.batches += 1
+                self.stats.prompt_tokens += len(parts) * width
+                self.stats.prompt_pad_tokens += sum(width - k for k in lengths)
+            else:
+                self.stats.reencoded_tokens += sum(lengths)
+            self.stats.row_steps += new.shape[0] * new.shape[1]
+            for row, r in zip(new.tolist(), pending, strict=True):
+                end = next((j for j, t in enumerate(row) if t in eos), None)
+                # a row's text ends before its eos: ids added by ``eos_token_ids`` need not be special
+                tokens[r] += row if end is None else row[:end]
+                ended[r] = end is not None or self._stopped(tokens[r])
+                if end is not None:
+                    self.stats.wasted_row_steps += len(row) - end - 1
+            budget -= n
+            step *= 2
+            first = False
+            pending = [r for r in pending if not ended[r]]
+        for i, r in zip(batch, range(len(batch)), strict=True):
+            self._new_tokens[self._key(items[i], dataset_name)] = len(tokens[r]) + int(ended[r])
+        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         return [self._cut(text) for text in texts]
+
+    def _stopped(self, tokens: list[int]) -> bool:
+        if not self.config.stop_strings:
+            return False
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return any(stop in text for stop in self.config.stop_strings)
 
     def _cut(self, text: str) -> str:
         for stop in self.config.stop_strings:
             text = text.split(stop, 1)[0]
         return text.strip()
 
-    def _count(
-        self,
-        batch: list[int],
-        items: Sequence[Item],
-        new: torch.Tensor,
-        eos: list[int],
-        encodings: list[dict[str, torch.Tensor]],
-        prompt_width: int,
-        dataset_name: str | None,
-    ) -> list[int]:
-        """Decode stats of one batch, and each row's own continuation length (the next call's prediction);
-        returns the number of tokens of each row before its eos (all of them when it has none)."""
-        rows, width = new.shape
-        ended = (
-            torch.isin(new, torch.tensor(eos, dtype=new.dtype))
-            if eos
-            else torch.zeros_like(new, dtype=torch.bool)
-        )
-        own = torch.where(ended.any(dim=1), ended.int().argmax(dim=1) + 1, torch.full((rows,), width))
-        self.stats.batches += 1
-        self.stats.row_steps += rows * width
-        self.stats.wasted_row_steps += int((width - own).sum())
-        lengths = [int(e["input_ids"].shape[-1]) for e in encodings]
-        self.stats.prompt_tokens += rows * prompt_width
-        self.stats.prompt_pad_tokens += sum(prompt_width - n for n in lengths)
-        for i, n in zip(batch, own.tolist(), strict=True):
-            self._new_tokens[self._key(items[i], dataset_name)] = int(n)
-        return torch.where(ended.any(dim=1), own - 1, own).tolist()
+
+def _extend(encoding: dict[str, torch.Tensor], tokens: list[int]) -> dict[str, torch.Tensor]:
+    """An item's processor output with ``tokens`` appended to its sequence (text tokens: mask 1, type 0)."""
+    if not tokens:
+        return encoding
+    out = dict(encoding)
+    ids = encoding["input_ids"].reshape(1, -1)
+    out["input_ids"] = torch.cat([ids, torch.tensor([tokens], dtype=ids.dtype)], dim=1)
+    for key, fill in (("attention_mask", 1), ("mm_token_type_ids", 0), ("token_type_ids", 0)):
+        if key in encoding:
+            t = encoding[key].reshape(1, -1)
+            out[key] = torch.cat([t, torch.full((1, len(tokens)), fill, dtype=t.dtype)], dim=1)
+    return out
 
 
 def generate_responses(

@@ -3,6 +3,7 @@ decodes with (tiny real models of every family in the architecture table, greedy
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,11 @@ def test_mixed_aspect_batch_equals_each_item_alone(family_model) -> None:
     got = batched.generate(model, items)
     alone = Generator(processor, GenerationConfig(max_new_tokens=MAX_NEW, batch_size=1))
     assert got == alone.generate(model, items)
+    # segments of 1, 2, 4 tokens, re-encoding the rows that go on: the same greedy texts
+    segmented = Generator(
+        processor, GenerationConfig(max_new_tokens=MAX_NEW, batch_size=len(items)), segment_tokens=1
+    )
+    assert segmented.generate(model, items) == got and segmented.stats.reencoded_tokens > 0
     # the collated batch gives each row the next-token logits the row has alone (a sharper check than text)
     encodings = [batched.encode(items[i]) for i in batch]
     inputs = left_pad_collate(encodings, batched.pad_id)
@@ -233,6 +239,23 @@ def test_llava_next_stops_at_eot_through_its_tokenizer(tmp_path: Path) -> None:
 class _NoEot:
     def get_vocab(self) -> dict[str, int]:
         return {"</s>": 2}
+
+
+def test_finished_rows_leave_a_segmented_batch(family_model) -> None:
+    family, model, processor = family_model
+    items = _mixed_items()
+    enc = Generator(processor).encode(items[0])
+    with torch.no_grad():
+        first = model.generate(**enc, do_sample=False, max_new_tokens=MAX_NEW)[0, enc["input_ids"].shape[1] :]
+    # an eos id that ends item 0 after its second token: rows end at different steps
+    config = GenerationConfig(max_new_tokens=MAX_NEW, batch_size=len(items), eos_token_ids=(int(first[1]),))
+    whole = Generator(processor, config)
+    want = whole.generate(model, items)
+    assert want == Generator(processor, replace(config, batch_size=1)).generate(model, items)
+    parts = Generator(processor, config, segment_tokens=2)
+    assert parts.generate(model, items) == want
+    assert parts.stats.wasted_row_steps <= whole.stats.wasted_row_steps
+    assert parts.stats.row_steps <= whole.stats.row_steps
 
 
 def test_decoding_settings_reach_generate(qwen) -> None:

@@ -1,16 +1,16 @@
 """Decode steps wasted on finished rows: HF ``generate`` keeps a row that ended in the batch until the last row
-ends. Measured on the toy world's proxy with the toy study's settings, for three ways of batching, side by side:
+ends. Measured on the toy world's proxy with the toy study's settings, for two ways of batching, side by side:
 
 * ``prompt``: batches of similar prompt length (what every call does first);
-* ``predicted``: batches of similar continuation length, as each item had it for the recipe scored before
-  (``Generator(predict_lengths=True)``; the first recipe is batched by prompt length);
-* ``segments``: generation in segments of S, 2S, 4S ... tokens; after each the rows that ended leave the
-  batch and the rest go on from prompt + tokens so far, encoded afresh (``Generator(segment_tokens=S)``).
+* ``pool``: continuous batching at segment boundaries — S tokens at a time for a pool of ``batch_size``
+  rows; after each segment the rows that ended leave, the next items take their places, and the rows that
+  go on are encoded afresh from prompt + tokens so far (``Generator(segment_tokens=S)``).
 
 Every arm scores the same recipes in the same order on one resident model (as a worker does), one chunk of
 each dataset per call; the arms alternate within each call, so the machine's drift falls on all of them.
-Printed per arm: wasted / total decode row-steps (a row-step = one row in one decode step), re-encoded
-tokens (the segments' cost), prompt padding, and wall time relative to ``prompt``. The run fails if any arm's
+Printed per arm: wasted / total decode row-steps (a row-step = one row in one decode step), decode steps
+(forward passes of the batch: what a memory-bound GPU pays for, whatever the rows), re-encoded tokens (the
+pool's cost), prompt padding, and wall time relative to ``prompt``. The run fails if any arm's
 texts differ from the ``prompt`` arm's (greedy, float32: batching must not change an answer).
 
     .venv/bin/python benchmarks/generation_padding.py [--recipes 4] [--segment 4] [--seed 0]
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=0, help="toy world seed (built once, then cached)")
     p.add_argument("--recipes", type=int, default=4, help=f"how many of the {len(RECIPES)} recipes to score")
-    p.add_argument("--segment", type=int, default=4, help="first segment length S of the 'segments' arm")
+    p.add_argument("--segment", type=int, default=4, help="segment length S of the 'pool' arm")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
 
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = next(merger.model.parameters()).dtype
     arms = {
         "prompt": Generator(processor, config, cache_dtype=dtype),
-        "predicted": Generator(processor, config, cache_dtype=dtype, predict_lengths=True),
-        "segments": Generator(processor, config, cache_dtype=dtype, segment_tokens=a.segment),
+        "pool": Generator(processor, config, cache_dtype=dtype, segment_tokens=a.segment),
     }
     seconds = dict.fromkeys(arms, 0.0)
     steps = plan_steps({n: [it.index for it in d.items] for n, d in datasets.items()}, obj.chunk_size)
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"toy world seed {a.seed}; {sum(len(d.items) for d in datasets.values())} proxy items in {len(steps)} "
         f"steps; batch_size {config.batch_size}, max_new_tokens {config.max_new_tokens}; "
-        f"{a.recipes} recipes; segments from {a.segment} tokens"
+        f"{a.recipes} recipes; pool segments of {a.segment} tokens"
     )
     calls = 0
     for fields in RECIPES[: a.recipes]:
@@ -100,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"MISMATCH: arm {name}, {chunk.dataset} item {items[bad].index}: "
                               f"{got[bad]!r} != {texts['prompt'][bad]!r}")  # fmt: skip
                         return 1
-    print(f"{'arm':<10} {'wasted/total row-steps':>26} {'share':>7} {'re-encoded':>11} {'prompt pad':>11} {'time':>8} {'vs prompt':>10}")  # fmt: skip
+    print(f"{'arm':<10} {'wasted/total row-steps':>26} {'share':>7} {'decode steps':>13} {'re-encoded':>11} {'prompt pad':>11} {'time':>8} {'vs prompt':>10}")  # fmt: skip
     for name, gen in arms.items():
         s = gen.stats
         print(
             f"{name:<10} {s.wasted_row_steps:>12} / {s.row_steps:<11} {s.wasted_fraction:>7.1%} "
-            f"{s.reencoded_tokens:>11} {s.prompt_pad_tokens / max(1, s.prompt_tokens):>11.1%} "
+            f"{s.decode_steps:>13} {s.reencoded_tokens:>11} {s.prompt_pad_tokens / max(1, s.prompt_tokens):>11.1%} "
             f"{seconds[name]:>7.1f}s {seconds[name] / seconds['prompt']:>9.2f}x"
         )
     print("texts identical across arms: yes")

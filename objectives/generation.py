@@ -10,15 +10,15 @@ time it sees the item, so a resident worker scoring hundreds of recipes on the s
 image once. Batches are collated with left padding and moved to the model's device; pixel values take the
 model's floating dtype (bf16 on GPU when the model is bf16). Decoding is greedy (``do_sample=False``, one beam).
 
-Batch order. HF ``generate`` keeps a finished row in the batch until every row has finished, so a batch
-costs ``rows × (longest continuation)`` decode row-steps; the rest is waste. The first time a Generator sees
-items they are batched by prompt length (sorted by length, then position — deterministic); with
-``predict_lengths``, later calls batch by the continuation length each item had the last time (then prompt length, then position): a resident worker
-scores the same items for every recipe, and an item's answer length changes little from one recipe to the
-next, so rows that finish together share a batch. That makes a batch's membership depend on the recipe
-scored before (bit-identical scores need batch-invariant kernels), so it is opt-in (``predict_lengths``);
-``benchmarks/generation_padding.py`` measures the waste both ways. Greedy outputs do not depend on the batch an item is in (float32, tested against unbatched
-generation); in bf16 on a GPU, batched kernels may differ from unbatched ones in the last bits.
+Batch order. Items are batched by prompt length (sorted by length, then position — deterministic), so a
+batch pads its prompts little. HF ``generate`` keeps a row that ended in the batch until every row has
+ended: a batch costs ``rows × (longest continuation)`` decode row-steps, and the row-steps after a row's end
+are waste (:class:`DecodeStats`). With ``segment_tokens`` the Generator batches continuously at segment
+boundaries instead (:meth:`Generator._generate_pooled`): rows that ended leave and the next items take their
+places. ``benchmarks/generation_padding.py`` measures both on the toy world; there the pool cuts the wasted
+share of row-steps from 19% to 4% but not the decode steps, and costs re-encoding, so it is off by default.
+Greedy outputs do not depend on the batch an item is in (float32, tested against unbatched generation for
+every family); in bf16 on a GPU, batched kernels may differ from unbatched ones in the last bits.
 
 Memory. A batch that raises ``torch.OutOfMemoryError`` is split in halves and each half retried; the
 Generator then caps every later batch at the cost of that half, in row-tokens ``rows × (longest prompt +
@@ -30,6 +30,7 @@ raises. Between retries the device's cached blocks are released (:func:`free_dev
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -97,13 +98,15 @@ class Generation:
 
 @dataclass
 class DecodeStats:
-    """Decode work since the Generator was made. ``row_steps`` = sum over batches of rows × generated width;
-    ``wasted_row_steps`` = the part after a row's own end (its first eos, else the width): rows that had
-    finished and waited for the batch. ``prompt_tokens`` / ``prompt_pad_tokens``: the batches' padded prompt
-    width × rows, and the padding in it; ``reencoded_tokens``: prompt + tokens so far of rows that went on to
-    a next segment (``segment_tokens``). ``oom_splits``: batches split after an out-of-memory error."""
+    """Decode work since the Generator was made. ``decode_steps``: forward passes of ``generate`` summed over
+    its calls; ``row_steps`` = sum over calls of rows × generated width; ``wasted_row_steps`` = the part after
+    a row's own end (its first eos): rows that had ended and waited for the batch. ``prompt_tokens`` /
+    ``prompt_pad_tokens``: padded prompt width × fresh rows, and the padding in it; ``reencoded_tokens``:
+    prompt + tokens so far of rows that went on into a next segment (``segment_tokens``).
+    ``oom_splits``: batches split after an out-of-memory error; ``oom_failures``: items out of memory alone."""
 
     batches: int = 0
+    decode_steps: int = 0
     row_steps: int = 0
     wasted_row_steps: int = 0
     prompt_tokens: int = 0
@@ -228,7 +231,7 @@ class Generator:
     ``generate(model, items, dataset_name=None) -> list[str]`` returns the decoded continuations in item order
     ('' for an item that failed); :meth:`generate_results` returns :class:`Generation` outcomes instead.
     The cache key is (item source, index, prompt text), so changing an instruction re-processes.
-    ``predict_lengths=False`` keeps batching by prompt length on every call (see the module docstring).
+    ``segment_tokens``: continuous batching at boundaries of that many tokens (module docstring).
     """
 
     def __init__(
@@ -237,7 +240,6 @@ class Generator:
         config: GenerationConfig | None = None,
         *,
         cache_dtype: torch.dtype | None = None,
-        predict_lengths: bool = False,
         segment_tokens: int | None = None,
     ):
         self.processor = processor
@@ -245,7 +247,6 @@ class Generator:
         # Cached pixel values dominate memory (a 1-megapixel image is ~5 MB in fp32): keep them in the
         # model's dtype when it is known, so a bf16 model's cache is half the size and needs no cast.
         self.cache_dtype = cache_dtype
-        self.predict_lengths = predict_lengths
         self.segment_tokens = segment_tokens
         tokenizer = getattr(processor, "tokenizer", processor)
         self.tokenizer = tokenizer
@@ -253,7 +254,6 @@ class Generator:
         self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id)
         self._cache: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
         self._pixel_kwargs = _pixel_kwargs(processor, self.config)
-        self._new_tokens: dict[tuple[str, str, str], int] = {}  # continuation length at the last call
         self.max_batch_tokens: int | None = None  # row-token cap learnt from out-of-memory errors
         self.stats = DecodeStats()
 
@@ -264,16 +264,14 @@ class Generator:
         )
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def _key(self, item: Item, dataset_name: str | None) -> tuple[str, str, str]:
-        return (item.source, item.index, self.prompt(item, dataset_name))
-
     def encode(self, item: Item, dataset_name: str | None = None) -> dict[str, torch.Tensor]:
         """The processor's tensors for one item (cached)."""
-        key = self._key(item, dataset_name)
+        text = self.prompt(item, dataset_name)
+        key = (item.source, item.index, text)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        kwargs: dict[str, Any] = {"text": [key[2]], "return_tensors": "pt"}
+        kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
         if item.image_b64:
             kwargs["images"] = [item.image]
             kwargs.update(self._pixel_kwargs)
@@ -301,11 +299,7 @@ class Generator:
         """Positions of ``items`` grouped into batches (deterministic; order in the module docstring), each
         at most ``batch_size`` rows and, once an out-of-memory error set it, ``max_batch_tokens`` row-tokens."""
         lengths = [int(self.encode(it, dataset_name)["input_ids"].shape[-1]) for it in items]
-        predicted = [self._new_tokens.get(self._key(it, dataset_name)) for it in items]
-        if self.predict_lengths and all(p is not None for p in predicted):
-            order = sorted(range(len(items)), key=lambda i: (predicted[i], lengths[i], i))
-        else:
-            order = sorted(range(len(items)), key=lambda i: (lengths[i], i))
+        order = sorted(range(len(items)), key=lambda i: (lengths[i], i))
         size = max(1, self.config.batch_size)
         cap = self.max_batch_tokens
         out: list[list[int]] = []
@@ -332,9 +326,26 @@ class Generator:
         """:class:`Generation` per item, in item order; an item that ran out of memory alone is a failure."""
         device, dtype = model_device_dtype(model)
         results: list[Generation | None] = [None] * len(items)
-        for batch in self.batches(items, dataset_name):
-            self._run_splitting(model, items, batch, dataset_name, device, dtype, results)
+        if self.segment_tokens:
+            self._generate_pooled(model, items, dataset_name, device, dtype, results)
+        else:
+            for batch in self.batches(items, dataset_name):
+                self._run_splitting(model, items, batch, dataset_name, device, dtype, results)
         return [r if r is not None else Generation("", "not generated") for r in results]
+
+    def _out_of_memory(self, item_length: int) -> Generation:
+        self.stats.oom_failures += 1
+        return Generation(
+            "",
+            f"out of memory at batch size 1 (prompt {item_length} tokens, "
+            f"max_new_tokens {self.config.max_new_tokens})",
+        )
+
+    def _shrink(self, lengths: Sequence[int]) -> None:
+        """After an out-of-memory error: every later batch at most the cost of ``lengths``' rows."""
+        self.stats.oom_splits += 1
+        cost = self._cost(lengths)
+        self.max_batch_tokens = cost if self.max_batch_tokens is None else min(self.max_batch_tokens, cost)
 
     def _run_splitting(
         self,
@@ -347,45 +358,88 @@ class Generator:
         results: list[Generation | None],
     ) -> None:
         encodings = [self.encode(items[i], dataset_name) for i in batch]
+        kwargs, eos = self._generate_kwargs(model)
         out_of_memory = False
         try:
-            texts = self._generate_batch(model, items, batch, encodings, dataset_name, device, dtype)
+            rows = self._segment(model, encodings, self.config.max_new_tokens, device, dtype, kwargs, None)
         except torch.OutOfMemoryError:
             out_of_memory = True  # handled below, once the failed batch's tensors are out of scope
         if not out_of_memory:
-            for i, text in zip(batch, texts, strict=True):
-                results[i] = Generation(text)
+            for i, row in zip(batch, rows, strict=True):
+                tokens: list[int] = []
+                self._take(tokens, row, eos)
+                results[i] = Generation(self._text(tokens))
             return
         free_device_cache(device)
         lengths = [int(e["input_ids"].shape[-1]) for e in encodings]
         if len(batch) == 1:
-            self.stats.oom_failures += 1
-            results[batch[0]] = Generation(
-                "",
-                f"out of memory at batch size 1 (prompt {lengths[0]} tokens, "
-                f"max_new_tokens {self.config.max_new_tokens})",
-            )
+            results[batch[0]] = self._out_of_memory(lengths[0])
             return
         half = math.ceil(len(batch) / 2)
-        self.stats.oom_splits += 1
-        cost = self._cost(lengths[:half])
-        self.max_batch_tokens = cost if self.max_batch_tokens is None else min(self.max_batch_tokens, cost)
+        self._shrink(lengths[:half])
         for part in (batch[:half], batch[half:]):
             self._run_splitting(model, items, part, dataset_name, device, dtype, results)
 
-    def _generate_batch(
+    def _generate_pooled(
         self,
         model: torch.nn.Module,
         items: Sequence[Item],
-        batch: list[int],
-        encodings: list[dict[str, torch.Tensor]],
         dataset_name: str | None,
         device: torch.device,
         dtype: torch.dtype,
-    ) -> list[str]:
-        """Greedy texts of one batch. With ``segment_tokens``, generation runs in segments of that many
-        tokens, doubling each time; after a segment the rows that ended leave the batch and the others go
-        on from their prompt + tokens so far, encoded afresh (the same greedy continuation)."""
+        results: list[Generation | None],
+    ) -> None:
+        """Continuous batching at segment boundaries: ``segment_tokens`` tokens at a time for the rows in
+        the pool; after each segment the rows that ended leave and the next items (in :meth:`batches`
+        order) take their places; a row that goes on is encoded afresh from prompt + tokens so far, which
+        gives the same greedy continuation. An out-of-memory segment sends the pool's second half back to
+        the front of the queue and lowers ``max_batch_tokens``; a row alone is a failure."""
+        cfg = self.config
+        kwargs, eos = self._generate_kwargs(model)
+        queue = deque(i for batch in self.batches(items, dataset_name) for i in batch)
+        tokens: dict[int, list[int]] = {i: [] for i in queue}
+        lengths = {i: int(self.encode(items[i], dataset_name)["input_ids"].shape[-1]) for i in queue}
+        size = max(1, cfg.batch_size)
+        active: list[int] = []
+        while queue or active:
+            while queue and len(active) < size:
+                grown = [lengths[j] for j in (*active, queue[0])]
+                if active and self.max_batch_tokens is not None and self._cost(grown) > self.max_batch_tokens:
+                    break
+                active.append(queue.popleft())
+            parts = [_extend(self.encode(items[i], dataset_name), tokens[i]) for i in active]
+            n = min(
+                self.segment_tokens or cfg.max_new_tokens,
+                max(cfg.max_new_tokens - len(tokens[i]) for i in active),
+            )
+            out_of_memory = False
+            try:
+                rows = self._segment(model, parts, n, device, dtype, kwargs, [not tokens[i] for i in active])
+            except torch.OutOfMemoryError:
+                out_of_memory = True
+            if out_of_memory:
+                del parts
+                free_device_cache(device)
+                if len(active) == 1:
+                    results[active[0]] = self._out_of_memory(lengths[active[0]])
+                    active = []
+                    continue
+                half = math.ceil(len(active) / 2)
+                self._shrink([lengths[i] for i in active[:half]])
+                queue.extendleft(reversed(active[half:]))
+                active = active[:half]
+                continue
+            still = []
+            for i, row in zip(active, rows, strict=True):
+                ended = self._take(tokens[i], row, eos) or len(tokens[i]) >= cfg.max_new_tokens
+                if ended:
+                    results[i] = Generation(self._text(tokens[i]))
+                else:
+                    still.append(i)
+            active = still
+
+    def _generate_kwargs(self, model: torch.nn.Module) -> tuple[dict[str, Any], list[int]]:
+        """``generate`` keywords from the config (beyond greedy and length), and the ids that end a row."""
         cfg = self.config
         kwargs: dict[str, Any] = {}
         if cfg.repetition_penalty is not None:
@@ -396,54 +450,66 @@ class Generator:
         eos = _eos_ids(model, cfg.eos_token_ids)
         if cfg.eos_token_ids:
             kwargs["eos_token_id"] = eos
-        tokens: list[list[int]] = [[] for _ in batch]
-        ended = [False] * len(batch)
-        pending = list(range(len(batch)))
-        budget, step, first = cfg.max_new_tokens, self.segment_tokens or cfg.max_new_tokens, True
-        while pending and budget > 0:
-            parts = [_extend(encodings[r], tokens[r]) for r in pending]
-            inputs = left_pad_collate(parts, self.pad_id)
-            inputs = {
-                k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
-                for k, v in inputs.items()
-            }
-            n = min(step, budget)
-            out = model.generate(
-                **inputs,
-                do_sample=False,
-                num_beams=1,
-                max_new_tokens=n,
-                pad_token_id=self.pad_id,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                **kwargs,
-            )
-            width = inputs["input_ids"].shape[1]
-            new = out[:, width:].cpu()
-            lengths = [int(p["input_ids"].shape[-1]) for p in parts]
-            if first:
-                self.stats.batches += 1
-                self.stats.prompt_tokens += len(parts) * width
-                self.stats.prompt_pad_tokens += sum(width - k for k in lengths)
+        return kwargs, eos
+
+    def _segment(
+        self,
+        model: torch.nn.Module,
+        parts: list[dict[str, torch.Tensor]],
+        n: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        kwargs: dict[str, Any],
+        fresh: list[bool] | None,
+    ) -> list[list[int]]:
+        """Up to ``n`` greedy tokens for each row of ``parts`` (HF's padding after a row's end included);
+        counts the work in :attr:`stats`. ``fresh[r]``: row r starts from its prompt (None: every row)."""
+        inputs = left_pad_collate(parts, self.pad_id)
+        inputs = {
+            k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
+            for k, v in inputs.items()
+        }
+        out = model.generate(
+            **inputs,
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=n,
+            pad_token_id=self.pad_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            **kwargs,
+        )
+        width = inputs["input_ids"].shape[1]
+        new = out[:, width:].cpu()
+        lengths = [int(p["input_ids"].shape[-1]) for p in parts]
+        for k, is_fresh in zip(lengths, fresh or [True] * len(parts), strict=True):
+            if is_fresh:
+                self.stats.prompt_tokens += width
+                self.stats.prompt_pad_tokens += width - k
             else:
-                self.stats.reencoded_tokens += sum(lengths)
-            self.stats.row_steps += new.shape[0] * new.shape[1]
-            for row, r in zip(new.tolist(), pending, strict=True):
-                end = next((j for j, t in enumerate(row) if t in eos), None)
-                # a row's text ends before its eos: ids added by ``eos_token_ids`` need not be special
-                tokens[r] += row if end is None else row[:end]
-                ended[r] = end is not None or self._stopped(tokens[r])
-                if end is not None:
-                    self.stats.wasted_row_steps += len(row) - end - 1
-            budget -= n
-            step *= 2
-            first = False
-            pending = [r for r in pending if not ended[r]]
-        for i, r in zip(batch, range(len(batch)), strict=True):
-            self._new_tokens[self._key(items[i], dataset_name)] = len(tokens[r]) + int(ended[r])
-        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-        return [self._cut(text) for text in texts]
+                self.stats.reencoded_tokens += k
+        self.stats.batches += 1
+        self.stats.decode_steps += new.shape[1]
+        self.stats.row_steps += new.shape[0] * new.shape[1]
+        return new.tolist()
+
+    def _take(self, tokens: list[int], row: list[int], eos: list[int]) -> bool:
+        """Append ``row``'s tokens to ``tokens`` up to its first eos (excluded: an id added by
+        ``eos_token_ids`` need not be a special token) and the token budget; count the row-steps after the
+        row's end as wasted. True when the row ended (eos, or a stop string in its text)."""
+        budget = self.config.max_new_tokens - len(tokens)
+        end = next((j for j, t in enumerate(row) if t in eos), None)
+        if end is not None and end < budget:
+            tokens += row[:end]
+            self.stats.wasted_row_steps += len(row) - end - 1
+            return True
+        tokens += row[:budget]
+        self.stats.wasted_row_steps += max(0, len(row) - budget)
+        return self._stopped(tokens)
+
+    def _text(self, tokens: list[int]) -> str:
+        return self._cut(self.tokenizer.decode(tokens, skip_special_tokens=True))
 
     def _stopped(self, tokens: list[int]) -> bool:
         if not self.config.stop_strings:

@@ -136,7 +136,8 @@ def qwen(tmp_path_factory: pytest.TempPathFactory):
     return AutoModelForImageTextToText.from_pretrained(str(vlm)).eval(), processor
 
 
-def test_out_of_memory_batches_split_and_results_equal_the_unsplit_run(qwen, monkeypatch) -> None:
+@pytest.mark.parametrize("segment", [None, 2], ids=["batches", "pool"])
+def test_out_of_memory_batches_split_and_results_equal_the_unsplit_run(qwen, monkeypatch, segment) -> None:
     model, processor = qwen
     items = _mixed_items() * 2
     items = [Item(index=str(i), question=it.question, answer="7", image_b64=it.image_b64, source="mem")
@@ -144,7 +145,7 @@ def test_out_of_memory_batches_split_and_results_equal_the_unsplit_run(qwen, mon
     reference = Generator(processor, GenerationConfig(max_new_tokens=MAX_NEW, batch_size=8)).generate(
         model, items
     )
-    gen = Generator(processor, GenerationConfig(max_new_tokens=MAX_NEW, batch_size=8))
+    gen = Generator(processor, GenerationConfig(max_new_tokens=MAX_NEW, batch_size=8), segment_tokens=segment)
     stand_in = OomAbove(model.generate, rows=3)
     monkeypatch.setattr(model, "generate", stand_in)
     emptied: list[bool] = []
@@ -160,7 +161,8 @@ def test_out_of_memory_batches_split_and_results_equal_the_unsplit_run(qwen, mon
     assert all(len(b) <= 3 for b in gen.batches(items))
 
 
-def test_item_that_cannot_fit_alone_is_a_scored_failure(qwen, monkeypatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("segment", [None, 2], ids=["batches", "pool"])
+def test_item_that_cannot_fit_alone_is_a_scored_failure(qwen, monkeypatch, tmp_path: Path, segment) -> None:
     from objectives.datasets import load_dataset
     from objectives.tsv import write_tsv
     from tests.test_obj_datasets import mathvision_rows
@@ -170,6 +172,7 @@ def test_item_that_cannot_fit_alone_is_a_scored_failure(qwen, monkeypatch, tmp_p
     config = GenerationConfig(max_new_tokens=MAX_NEW, batch_size=4)
     reference = ProxyScorer(model, processor, [ds], chunk_size=50, generation=config).score()
     scorer = ProxyScorer(model, processor, [ds], chunk_size=50, generation=config)
+    scorer.generator.segment_tokens = segment
     victim = ds.items[2]
     length = int(scorer.generator.encode(victim, ds.name)["input_ids"].shape[-1])
     monkeypatch.setattr(model, "generate", OomAbove(model.generate, rows=2, too_long=length))

@@ -3,18 +3,36 @@
 The prompt of an item is what VLMEvalKit sends — the image, then the question — plus an optional
 answer-format instruction looked up by dataset name, then kind, then ``"*"`` in
 :attr:`GenerationConfig.instructions` (none by default, which keeps proxy prompts identical to VLMEvalKit's).
+The settings a study decodes with per VLM family (VLMEvalKit's) are in :mod:`objectives.generation_defaults`.
 
 A :class:`Generator` caches each item's processor output (token ids, pixel values, grid sizes) the first
 time it sees the item, so a resident worker scoring hundreds of recipes on the same items preprocesses each
-image once. Batches are formed from items of similar prompt length (sorted by length, then by position —
-deterministic), collated with left padding, and moved to the model's device; pixel values take the model's
-floating dtype (bf16 on GPU when the model is bf16). Decoding is greedy (``do_sample=False``, one beam).
+image once. Batches are collated with left padding and moved to the model's device; pixel values take the
+model's floating dtype (bf16 on GPU when the model is bf16). Decoding is greedy (``do_sample=False``, one beam).
+
+Batch order. Items are batched by prompt length (sorted by length, then position — deterministic), so a
+batch pads its prompts little. HF ``generate`` keeps a row that ended in the batch until every row has
+ended: a batch costs ``rows × (longest continuation)`` decode row-steps, and the row-steps after a row's end
+are waste (:class:`DecodeStats`). With ``segment_tokens`` the Generator batches continuously at segment
+boundaries instead (:meth:`Generator._generate_pooled`): rows that ended leave and the next items take their
+places. ``benchmarks/generation_padding.py`` measures both on the toy world; there the pool cuts the wasted
+share of row-steps from 19% to 4% but not the decode steps, and costs re-encoding, so it is off by default.
+Greedy outputs do not depend on the batch an item is in (float32, tested against unbatched generation for
+every family); in bf16 on a GPU, batched kernels may differ from unbatched ones in the last bits.
+
+Memory. A batch that raises ``torch.OutOfMemoryError`` is split in halves and each half retried; the
+Generator then caps every later batch at the cost of that half, in row-tokens ``rows × (longest prompt +
+max_new_tokens)`` (what the KV cache scales with), for as long as it lives — the rest of the study in a
+resident worker. An item that runs out of memory alone is returned as a failure with the reason; it never
+raises. Between retries the device's cached blocks are released (:func:`free_device_cache`).
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -26,6 +44,10 @@ from .datasets import Item
 # Processor outputs laid out (batch, sequence): left-padded when collated. Everything else is concatenated
 # along its first dimension (Qwen2-VL's pixel_values are (patches, dim) and image_grid_thw (images, 3)).
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+# A processor that returns this key lays its pixel tensors out one row per prompt (Idefics2:
+# pixel_values (batch, images, 3, H, W) and this mask (batch, images, H, W)); a prompt without an image
+# then needs an all-zero image in its row, which the model drops as padding.
+ROW_PIXEL_MASK = "pixel_attention_mask"
 
 
 class GenerationError(MergesearchError):
@@ -36,7 +58,10 @@ class GenerationError(MergesearchError):
 class GenerationConfig:
     """Decoding settings. ``instructions`` maps a dataset name, a kind (``mathvista``/``mathvision``) or ``"*"``
     to text appended to the question on a new line, e.g. ``{"*": "Put the final answer in \\\\boxed{}."}``.
-    ``min_pixels``/``max_pixels`` narrow the image processor's own bounds (never widen them)."""
+    ``min_pixels``/``max_pixels`` narrow the image processor's own bounds (never widen them).
+    ``repetition_penalty``: None leaves the model's generation config in charge, 1.0 is none.
+    ``stop_strings``: a row stops once its text contains one, and its response is cut before it.
+    ``eos_token_ids``: ids that end a row, added to the model's own eos ids."""
 
     max_new_tokens: int = 512
     batch_size: int = 8
@@ -44,6 +69,9 @@ class GenerationConfig:
     min_pixels: int | None = None
     max_pixels: int | None = None
     system_prompt: str | None = None
+    repetition_penalty: float | None = None
+    stop_strings: tuple[str, ...] = ()
+    eos_token_ids: tuple[int, ...] = ()
 
     def instruction_for(self, item: Item, dataset_name: str | None = None) -> str:
         """The instruction for an item: by dataset name, then by kind, then ``"*"``; '' when none."""
@@ -51,6 +79,46 @@ class GenerationConfig:
             if key and key in self.instructions:
                 return self.instructions[key]
         return ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field (tuples as lists): what a trial and an exported recipe record."""
+        out = asdict(self)
+        out["stop_strings"] = list(self.stop_strings)
+        out["eos_token_ids"] = list(self.eos_token_ids)
+        return out
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One item's outcome: the response text, or ``failure`` (the reason) when it could not be generated."""
+
+    text: str
+    failure: str | None = None
+
+
+@dataclass
+class DecodeStats:
+    """Decode work since the Generator was made. ``decode_steps``: forward passes of ``generate`` summed over
+    its calls; ``row_steps`` = sum over calls of rows × generated width; ``wasted_row_steps`` = the part after
+    a row's own end (its first eos): rows that had ended and waited for the batch. ``prompt_tokens`` /
+    ``prompt_pad_tokens``: padded prompt width × fresh rows, and the padding in it; ``reencoded_tokens``:
+    prompt + tokens so far of rows that went on into a next segment (``segment_tokens``).
+    ``oom_splits``: batches split after an out-of-memory error; ``oom_failures``: items out of memory alone."""
+
+    batches: int = 0
+    decode_steps: int = 0
+    row_steps: int = 0
+    wasted_row_steps: int = 0
+    prompt_tokens: int = 0
+    prompt_pad_tokens: int = 0
+    reencoded_tokens: int = 0
+    oom_splits: int = 0
+    oom_failures: int = 0
+
+    @property
+    def wasted_fraction(self) -> float:
+        """wasted_row_steps / row_steps (0 when nothing ran)."""
+        return self.wasted_row_steps / self.row_steps if self.row_steps else 0.0
 
 
 def build_messages(
@@ -88,35 +156,51 @@ def left_pad_collate(encodings: Sequence[dict[str, torch.Tensor]], pad_id: int) 
     """Collate single-item processor outputs into one batch: sequence keys left-padded, others concatenated.
 
     Padding: ``input_ids`` with ``pad_id``, masks / token types with 0 — what the processor does for a batch
-    with ``padding_side="left"``.
+    with ``padding_side="left"``. Pixel tensors of 3 or more dimensions are zero-padded at the end of every
+    dimension but the first to the batch maximum, as the processors pad a batch: LLaVA-Next's patch count
+    (dim 1), Idefics2's image count and H, W (dims 1, 3, 4) with ``pixel_attention_mask`` padded with 0.
+    With a ``pixel_attention_mask`` in the batch, an item without an image gets an all-zero image.
     """
     width = max(int(e["input_ids"].shape[-1]) for e in encodings)
     out: dict[str, torch.Tensor] = {}
     keys = list(dict.fromkeys(k for e in encodings for k in e))  # text-only items have no pixel tensors
+    row_aligned = ROW_PIXEL_MASK in keys
     for key in keys:
-        parts = [e[key] for e in encodings if key in e]
         if key in SEQUENCE_KEYS:
             fill = pad_id if key == "input_ids" else 0
             padded = []
-            for t in parts:
-                t = t.reshape(1, -1)
+            for e in encodings:
+                t = e[key].reshape(1, -1)
                 gap = width - t.shape[1]
                 if gap:
                     t = torch.cat([torch.full((1, gap), fill, dtype=t.dtype), t], dim=1)
                 padded.append(t)
             out[key] = torch.cat(padded, dim=0)
-        else:
-            out[key] = torch.cat(_pad_dim1(parts), dim=0)
+            continue
+        parts = [e[key] for e in encodings if key in e]
+        if row_aligned and len(parts) < len(encodings):
+            like = parts[0]
+            blank = like.new_zeros((1, 1, *like.shape[2:]))
+            parts = [e[key] if key in e else blank for e in encodings]
+        out[key] = torch.cat(_pad_trailing(parts), dim=0)
     return out
 
 
-def _pad_dim1(parts: list[torch.Tensor]) -> list[torch.Tensor]:
-    # LLaVA-Next's pixel_values are (1, patches, C, H, W) with a per-image patch count; its processor zero-pads
-    # the patch dimension to the batch maximum, and so do we.
+def _pad_trailing(parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Zero-pad tensors of >= 3 dims at the end of dims 1.. to the largest size in ``parts``."""
     if len({t.shape[1:] for t in parts}) <= 1 or any(t.dim() < 3 for t in parts):
         return parts
-    most = max(t.shape[1] for t in parts)
-    return [torch.cat([t, t.new_zeros((t.shape[0], most - t.shape[1], *t.shape[2:]))], dim=1) for t in parts]
+    most = [max(t.shape[d] for t in parts) for d in range(1, parts[0].dim())]
+    out = []
+    for t in parts:
+        gaps = [m - s for m, s in zip(most, t.shape[1:], strict=True)]
+        if any(gaps):
+            pad: list[int] = []
+            for g in reversed(gaps):  # F.pad lists (left, right) pairs from the last dimension back
+                pad += [0, g]
+            t = torch.nn.functional.pad(t, pad, value=0)
+        out.append(t)
+    return out
 
 
 def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -125,11 +209,29 @@ def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtyp
     return param.device, param.dtype
 
 
+def free_device_cache(device: torch.device) -> bool:
+    """Release the allocator's cached blocks after an out-of-memory error: ``torch.cuda.empty_cache()`` when
+    ``device`` is a CUDA device, nothing elsewhere (the CPU allocator keeps no cache). True when it called."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        return True
+    return False
+
+
+def _eos_ids(model: torch.nn.Module, extra: Sequence[int]) -> list[int]:
+    gen_cfg = getattr(model, "generation_config", None)
+    own = getattr(gen_cfg, "eos_token_id", None)
+    ids = [own] if isinstance(own, int) else list(own or [])
+    return list(dict.fromkeys([*ids, *extra]))
+
+
 class Generator:
     """Greedy generation for items with one processor; caches each item's processor output.
 
-    ``generate(model, items, dataset_name=None) -> list[str]`` returns the decoded continuations in item order.
+    ``generate(model, items, dataset_name=None) -> list[str]`` returns the decoded continuations in item order
+    ('' for an item that failed); :meth:`generate_results` returns :class:`Generation` outcomes instead.
     The cache key is (item source, index, prompt text), so changing an instruction re-processes.
+    ``segment_tokens``: continuous batching at boundaries of that many tokens (module docstring).
     """
 
     def __init__(
@@ -138,18 +240,22 @@ class Generator:
         config: GenerationConfig | None = None,
         *,
         cache_dtype: torch.dtype | None = None,
+        segment_tokens: int | None = None,
     ):
         self.processor = processor
         self.config = config or GenerationConfig()
         # Cached pixel values dominate memory (a 1-megapixel image is ~5 MB in fp32): keep them in the
         # model's dtype when it is known, so a bf16 model's cache is half the size and needs no cast.
         self.cache_dtype = cache_dtype
+        self.segment_tokens = segment_tokens
         tokenizer = getattr(processor, "tokenizer", processor)
         self.tokenizer = tokenizer
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id)
         self._cache: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
         self._pixel_kwargs = _pixel_kwargs(processor, self.config)
+        self.max_batch_tokens: int | None = None  # row-token cap learnt from out-of-memory errors
+        self.stats = DecodeStats()
 
     def prompt(self, item: Item, dataset_name: str | None = None) -> str:
         """The chat-templated prompt text of an item (generation prompt appended)."""
@@ -185,41 +291,250 @@ class Generator:
         for item in items:
             self.encode(item, dataset_name)
 
+    def _cost(self, lengths: Sequence[int]) -> int:
+        """Row-tokens of a batch: rows × (longest prompt + max_new_tokens)."""
+        return len(lengths) * (max(lengths) + self.config.max_new_tokens)
+
     def batches(self, items: Sequence[Item], dataset_name: str | None = None) -> list[list[int]]:
-        """Positions of ``items`` grouped into batches of similar prompt length (deterministic)."""
+        """Positions of ``items`` grouped into batches (deterministic; order in the module docstring), each
+        at most ``batch_size`` rows and, once an out-of-memory error set it, ``max_batch_tokens`` row-tokens."""
         lengths = [int(self.encode(it, dataset_name)["input_ids"].shape[-1]) for it in items]
         order = sorted(range(len(items)), key=lambda i: (lengths[i], i))
         size = max(1, self.config.batch_size)
-        return [order[i : i + size] for i in range(0, len(order), size)]
+        cap = self.max_batch_tokens
+        out: list[list[int]] = []
+        for i in order:
+            if out and len(out[-1]) < size:
+                grown = [lengths[j] for j in out[-1]] + [lengths[i]]
+                if cap is None or self._cost(grown) <= cap:
+                    out[-1].append(i)
+                    continue
+            out.append([i])
+        return out
 
     @torch.inference_mode()
     def generate(
         self, model: torch.nn.Module, items: Sequence[Item], dataset_name: str | None = None
     ) -> list[str]:
         """Greedy continuations of ``items`` (in their order), decoded without special tokens."""
+        return [g.text for g in self.generate_results(model, items, dataset_name)]
+
+    @torch.inference_mode()
+    def generate_results(
+        self, model: torch.nn.Module, items: Sequence[Item], dataset_name: str | None = None
+    ) -> list[Generation]:
+        """:class:`Generation` per item, in item order; an item that ran out of memory alone is a failure."""
         device, dtype = model_device_dtype(model)
-        responses: list[str] = [""] * len(items)
-        for batch in self.batches(items, dataset_name):
-            inputs = left_pad_collate([self.encode(items[i], dataset_name) for i in batch], self.pad_id)
-            inputs = {
-                k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
-                for k, v in inputs.items()
-            }
-            out = model.generate(
-                **inputs,
-                do_sample=False,
-                num_beams=1,
-                max_new_tokens=self.config.max_new_tokens,
-                pad_token_id=self.pad_id,
-                temperature=None,
-                top_p=None,
-                top_k=None,
+        results: list[Generation | None] = [None] * len(items)
+        if self.segment_tokens:
+            self._generate_pooled(model, items, dataset_name, device, dtype, results)
+        else:
+            for batch in self.batches(items, dataset_name):
+                self._run_splitting(model, items, batch, dataset_name, device, dtype, results)
+        return [r if r is not None else Generation("", "not generated") for r in results]
+
+    def _out_of_memory(self, item_length: int) -> Generation:
+        self.stats.oom_failures += 1
+        return Generation(
+            "",
+            f"out of memory at batch size 1 (prompt {item_length} tokens, "
+            f"max_new_tokens {self.config.max_new_tokens})",
+        )
+
+    def _shrink(self, lengths: Sequence[int]) -> None:
+        """After an out-of-memory error: every later batch at most the cost of ``lengths``' rows."""
+        self.stats.oom_splits += 1
+        cost = self._cost(lengths)
+        self.max_batch_tokens = cost if self.max_batch_tokens is None else min(self.max_batch_tokens, cost)
+
+    def _run_splitting(
+        self,
+        model: torch.nn.Module,
+        items: Sequence[Item],
+        batch: list[int],
+        dataset_name: str | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        results: list[Generation | None],
+    ) -> None:
+        encodings = [self.encode(items[i], dataset_name) for i in batch]
+        kwargs, eos = self._generate_kwargs(model)
+        out_of_memory = False
+        try:
+            rows = self._segment(model, encodings, self.config.max_new_tokens, device, dtype, kwargs, None)
+        except torch.OutOfMemoryError:
+            out_of_memory = True  # handled below, once the failed batch's tensors are out of scope
+        if not out_of_memory:
+            for i, row in zip(batch, rows, strict=True):
+                tokens: list[int] = []
+                self._take(tokens, row, eos)
+                results[i] = Generation(self._text(tokens))
+            return
+        free_device_cache(device)
+        lengths = [int(e["input_ids"].shape[-1]) for e in encodings]
+        if len(batch) == 1:
+            results[batch[0]] = self._out_of_memory(lengths[0])
+            return
+        half = math.ceil(len(batch) / 2)
+        self._shrink(lengths[:half])
+        for part in (batch[:half], batch[half:]):
+            self._run_splitting(model, items, part, dataset_name, device, dtype, results)
+
+    def _generate_pooled(
+        self,
+        model: torch.nn.Module,
+        items: Sequence[Item],
+        dataset_name: str | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        results: list[Generation | None],
+    ) -> None:
+        """Continuous batching at segment boundaries: ``segment_tokens`` tokens at a time for the rows in
+        the pool; after each segment the rows that ended leave and the next items (in :meth:`batches`
+        order) take their places; a row that goes on is encoded afresh from prompt + tokens so far, which
+        gives the same greedy continuation. An out-of-memory segment sends the pool's second half back to
+        the front of the queue and lowers ``max_batch_tokens``; a row alone is a failure."""
+        cfg = self.config
+        kwargs, eos = self._generate_kwargs(model)
+        queue = deque(i for batch in self.batches(items, dataset_name) for i in batch)
+        tokens: dict[int, list[int]] = {i: [] for i in queue}
+        lengths = {i: int(self.encode(items[i], dataset_name)["input_ids"].shape[-1]) for i in queue}
+        size = max(1, cfg.batch_size)
+        active: list[int] = []
+        while queue or active:
+            while queue and len(active) < size:
+                grown = [lengths[j] for j in (*active, queue[0])]
+                if active and self.max_batch_tokens is not None and self._cost(grown) > self.max_batch_tokens:
+                    break
+                active.append(queue.popleft())
+            parts = [_extend(self.encode(items[i], dataset_name), tokens[i]) for i in active]
+            n = min(
+                self.segment_tokens or cfg.max_new_tokens,
+                max(cfg.max_new_tokens - len(tokens[i]) for i in active),
             )
-            new = out[:, inputs["input_ids"].shape[1] :].cpu()
-            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-            for i, text in zip(batch, texts, strict=True):
-                responses[i] = text.strip()
-        return responses
+            out_of_memory = False
+            try:
+                rows = self._segment(model, parts, n, device, dtype, kwargs, [not tokens[i] for i in active])
+            except torch.OutOfMemoryError:
+                out_of_memory = True
+            if out_of_memory:
+                del parts
+                free_device_cache(device)
+                if len(active) == 1:
+                    results[active[0]] = self._out_of_memory(lengths[active[0]])
+                    active = []
+                    continue
+                half = math.ceil(len(active) / 2)
+                self._shrink([lengths[i] for i in active[:half]])
+                queue.extendleft(reversed(active[half:]))
+                active = active[:half]
+                continue
+            still = []
+            for i, row in zip(active, rows, strict=True):
+                ended = self._take(tokens[i], row, eos) or len(tokens[i]) >= cfg.max_new_tokens
+                if ended:
+                    results[i] = Generation(self._text(tokens[i]))
+                else:
+                    still.append(i)
+            active = still
+
+    def _generate_kwargs(self, model: torch.nn.Module) -> tuple[dict[str, Any], list[int]]:
+        """``generate`` keywords from the config (beyond greedy and length), and the ids that end a row."""
+        cfg = self.config
+        kwargs: dict[str, Any] = {}
+        if cfg.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = cfg.repetition_penalty
+        if cfg.stop_strings:
+            kwargs["stop_strings"] = list(cfg.stop_strings)
+            kwargs["tokenizer"] = self.tokenizer
+        eos = _eos_ids(model, cfg.eos_token_ids)
+        if cfg.eos_token_ids:
+            kwargs["eos_token_id"] = eos
+        return kwargs, eos
+
+    def _segment(
+        self,
+        model: torch.nn.Module,
+        parts: list[dict[str, torch.Tensor]],
+        n: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        kwargs: dict[str, Any],
+        fresh: list[bool] | None,
+    ) -> list[list[int]]:
+        """Up to ``n`` greedy tokens for each row of ``parts`` (HF's padding after a row's end included);
+        counts the work in :attr:`stats`. ``fresh[r]``: row r starts from its prompt (None: every row)."""
+        inputs = left_pad_collate(parts, self.pad_id)
+        inputs = {
+            k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
+            for k, v in inputs.items()
+        }
+        out = model.generate(
+            **inputs,
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=n,
+            pad_token_id=self.pad_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            **kwargs,
+        )
+        width = inputs["input_ids"].shape[1]
+        new = out[:, width:].cpu()
+        lengths = [int(p["input_ids"].shape[-1]) for p in parts]
+        for k, is_fresh in zip(lengths, fresh or [True] * len(parts), strict=True):
+            if is_fresh:
+                self.stats.prompt_tokens += width
+                self.stats.prompt_pad_tokens += width - k
+            else:
+                self.stats.reencoded_tokens += k
+        self.stats.batches += 1
+        self.stats.decode_steps += new.shape[1]
+        self.stats.row_steps += new.shape[0] * new.shape[1]
+        return new.tolist()
+
+    def _take(self, tokens: list[int], row: list[int], eos: list[int]) -> bool:
+        """Append ``row``'s tokens to ``tokens`` up to its first eos (excluded: an id added by
+        ``eos_token_ids`` need not be a special token) and the token budget; count the row-steps after the
+        row's end as wasted. True when the row ended (eos, or a stop string in its text)."""
+        budget = self.config.max_new_tokens - len(tokens)
+        end = next((j for j, t in enumerate(row) if t in eos), None)
+        if end is not None and end < budget:
+            tokens += row[:end]
+            self.stats.wasted_row_steps += len(row) - end - 1
+            return True
+        tokens += row[:budget]
+        self.stats.wasted_row_steps += max(0, len(row) - budget)
+        return self._stopped(tokens)
+
+    def _text(self, tokens: list[int]) -> str:
+        return self._cut(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+    def _stopped(self, tokens: list[int]) -> bool:
+        if not self.config.stop_strings:
+            return False
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return any(stop in text for stop in self.config.stop_strings)
+
+    def _cut(self, text: str) -> str:
+        for stop in self.config.stop_strings:
+            text = text.split(stop, 1)[0]
+        return text.strip()
+
+
+def _extend(encoding: dict[str, torch.Tensor], tokens: list[int]) -> dict[str, torch.Tensor]:
+    """An item's processor output with ``tokens`` appended to its sequence (text tokens: mask 1, type 0)."""
+    if not tokens:
+        return encoding
+    out = dict(encoding)
+    ids = encoding["input_ids"].reshape(1, -1)
+    out["input_ids"] = torch.cat([ids, torch.tensor([tokens], dtype=ids.dtype)], dim=1)
+    for key, fill in (("attention_mask", 1), ("mm_token_type_ids", 0), ("token_type_ids", 0)):
+        if key in encoding:
+            t = encoding[key].reshape(1, -1)
+            out[key] = torch.cat([t, torch.full((1, len(tokens)), fill, dtype=t.dtype)], dim=1)
+    return out
 
 
 def generate_responses(

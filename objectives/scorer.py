@@ -162,6 +162,22 @@ def record_for(dataset_name: str, item: Item, response: str) -> ItemRecord:
     )
 
 
+def failure_record(dataset_name: str, item: Item, why: str) -> ItemRecord:
+    """A scored failure: an item that could not be generated (e.g. out of memory alone) counts as wrong,
+    with the reason in ``why``; it never fails the trial."""
+    return ItemRecord(
+        dataset=dataset_name,
+        index=item.index,
+        category=item.category,
+        response="",
+        extracted=None,
+        correct=False,
+        why=why,
+        answer=item.answer,
+        skills=list(item.skills),
+    )
+
+
 def plan_steps(indices: dict[str, Sequence[str]], chunk_size: int) -> list[tuple[Chunk, ...]]:
     """The scoring plan of datasets given as ``{name: item indices}`` (see the module docstring): each
     dataset's items in ``sha256("<name>:<index>")`` order, cut into chunks of ``chunk_size``; step r holds
@@ -250,8 +266,13 @@ class ProxyScorer:
                 f"chunk of {chunk.dataset} names indices {missing[:5]} that are not in the dataset"
             )
         items = [items_by_index[i] for i in chunk.indices]
-        responses = self.generator.generate(self.model, items, chunk.dataset)
-        return [record_for(chunk.dataset, item, resp) for item, resp in zip(items, responses, strict=True)]
+        results = self.generator.generate_results(self.model, items, chunk.dataset)
+        return [
+            record_for(chunk.dataset, item, g.text)
+            if g.failure is None
+            else failure_record(chunk.dataset, item, g.failure)
+            for item, g in zip(items, results, strict=True)
+        ]
 
     def iter_scores(self) -> Iterator[ScoreResult]:
         """Run every chunk in order, yielding the running :class:`ScoreResult` after each."""

@@ -181,7 +181,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise TrialLookupError(
                 f"trial {args.trial} is {trial.state.name}, not COMPLETE; pick one from `status`"
             )
-    out = export_recipe(trial_recipe_dict(trial), Path(args.out), args.format)
+    provenance = {
+        "study": spec.name,
+        "trial": trial.number,
+        "values": list(trial.values),
+        "scores": trial.user_attrs.get("scores"),
+        "generation": trial.user_attrs.get("generation"),  # None for trials recorded before it was stored
+    }
+    out = export_recipe(trial_recipe_dict(trial), Path(args.out), args.format, provenance=provenance)
     print(f"trial {trial.number} ({', '.join(f'{v:.4f}' for v in trial.values)}) → {out}")
     return 0
 

@@ -194,6 +194,7 @@ class Coordinator:
         self.tally = Tally(n_trials=spec.n_trials, timeout=spec.timeout)
         self.study: optuna.Study | None = None
         self.slots: list[Slot] = []
+        self.generation: dict[str, Any] | None = None  # the workers' effective generation settings
         # every storage call of the dispatch loop runs on its thread, which yields the CPU to the workers
         self.store = StoreQueue(nice=STORE_NICE)
         self._ready: deque[RunningTrial] = deque()  # asked ahead on the store thread
@@ -387,6 +388,8 @@ class Coordinator:
                 self._stop = "n_trials reached"
                 return None
             attrs: dict[str, Any] = {"coordinator": self.id, "recipe": recipe}
+            if self.generation is not None:
+                attrs["generation"] = self.generation
             try:
                 recipe_id = attrs["recipe_id"] = Recipe.from_dict(recipe).id
             except MergesearchError as err:
@@ -524,6 +527,7 @@ class Coordinator:
             env=env,
             sources=self.spec.models.sources,
             components=merge_components(self.spec),
+            generation=dict(obj.generation),
         )
 
     def _resources(self) -> tuple[str, dict[str, float], int]:
@@ -572,6 +576,7 @@ class Coordinator:
                 raise WorkerStartError(f"worker {i} could not start: {_cause(err)}") from None
         self.slots = [Slot(i, a, info) for i, (a, info) in enumerate(zip(actors, infos, strict=True))]
         self.steps = infos[0]["steps"]
+        self.generation = infos[0].get("generation")  # every trial records what it was decoded with
         self.datasets = tuple(infos[0]["datasets"])
         items = sum(n for step in self.steps for _, n in step)
         self.view.event(

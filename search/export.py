@@ -172,10 +172,36 @@ def mergekit_yaml(recipe: dict[str, Any], n_layers: int | None = None) -> str:
     return head + yaml.safe_dump(mergekit_config(recipe, n_layers), sort_keys=False)
 
 
-def export_recipe(recipe: dict[str, Any], out: Path, fmt: str = "json", n_layers: int | None = None) -> Path:
-    """Write the recipe as ``json`` or ``mergekit`` YAML to ``out`` (atomically)."""
+def provenance_path(out: Path) -> Path:
+    """Where :func:`export_recipe` writes a recipe's provenance: ``r.json`` → ``r.provenance.json``."""
+    return Path(out).with_suffix(".provenance.json")
+
+
+def export_recipe(
+    recipe: dict[str, Any],
+    out: Path,
+    fmt: str = "json",
+    n_layers: int | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Write the recipe as ``json`` or ``mergekit`` YAML to ``out`` (atomically).
+
+    ``provenance`` (how the recipe was scored: study, trial, scores, the generation settings) goes beside
+    it in :func:`provenance_path` — the recipe file itself stays exactly ``Recipe.to_json()``. It is written
+    first, so a recipe file on disk always has its provenance."""
     if fmt == "json":
-        return write_atomic(out, recipe_json(recipe))
-    if fmt == "mergekit":
-        return write_atomic(out, mergekit_yaml(recipe, n_layers))
-    raise ExportError(f"--format {fmt!r} is unknown; use json or mergekit")
+        text = recipe_json(recipe)
+    elif fmt == "mergekit":
+        text = mergekit_yaml(recipe, n_layers)
+    else:
+        raise ExportError(f"--format {fmt!r} is unknown; use json or mergekit")
+    if provenance is not None:
+        from merge_core import Recipe
+
+        record = {
+            "schema": "mergesearch.provenance/v1",
+            "recipe_id": Recipe.from_dict(recipe).id,
+            **provenance,
+        }
+        write_atomic(provenance_path(out), json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return write_atomic(out, text)

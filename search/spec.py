@@ -28,6 +28,7 @@ Layout (all tables optional except ``[models]`` and ``[objectives]``)::
     mode = "weighted"                 # or "multi" (one objective per dataset, Pareto front)
     weights = {MathVista_TOY_PROXY200 = 1.0}
     max_new_tokens = 32; batch_size = 8; limit = 0
+    [objectives.generation]           # decoding settings; default: VLMEvalKit's (search/spec_generation.py)
 
     [space]  ... see :mod:`search.space`
     [sampler] name = "tpe"; seed = 0; options = {...}
@@ -106,6 +107,8 @@ class ObjectivesSpec:
     max_new_tokens: int = 64
     batch_size: int = 8
     limit: int = 0  # >0: only the first `limit` items of each dataset (smoke tests)
+    # [objectives.generation], validated by search.spec_generation: {"preset": ..., <field>: value}
+    generation: dict[str, Any] = field(default_factory=dict)
 
     def weight(self, name: str) -> float:
         """The weight of dataset ``name`` (1.0 unless given)."""
@@ -409,6 +412,8 @@ def _parse_models(t: _Reader) -> ModelsSpec:
 
 
 def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
+    from search.spec_generation import parse_generation
+
     datasets = t.list_str("datasets", ())
     if not datasets and not toy:
         raise t.fail("datasets", "is required: the proxy datasets (names under data_dir, or TSV paths)")
@@ -428,6 +433,7 @@ def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
         raise t.fail("weights", "sum to zero; give at least one dataset a positive weight")
     if mode == "multi" and datasets and len(datasets) < 2:
         raise t.fail("mode", "is 'multi' but only one dataset is listed; use 'weighted' or list two datasets")
+    generation = parse_generation(t, toy)
     spec = ObjectivesSpec(
         datasets=datasets,
         data_dir=t.str_("data_dir"),
@@ -436,9 +442,10 @@ def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
         chunk_size=t.int_("chunk_size", 25, 1) or 25,
         mode=mode,
         weights={k: float(v) for k, v in raw_w.items()},
-        max_new_tokens=t.int_("max_new_tokens", 64, 1) or 64,
+        max_new_tokens=generation.get("max_new_tokens", 64),  # 64 or the preset's when unset
         batch_size=t.int_("batch_size", 8, 1) or 8,
         limit=t.int_("limit", 0, 0) or 0,
+        generation=generation,
     )
     t.finish()
     return spec

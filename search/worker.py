@@ -46,6 +46,8 @@ class WorkerConfig:
     env: dict[str, str] = field(default_factory=dict)
     sources: str = "auto"  # merge_core.memory_plan's tier: device | host | auto
     components: tuple[str, ...] | None = None  # what recipes may merge (None: all); held by the merger
+    # [objectives.generation] (search.spec_generation); empty: the preset "none" with max_new_tokens above
+    generation: dict[str, Any] = field(default_factory=dict)
 
 
 class TrialWorker:
@@ -60,7 +62,7 @@ class TrialWorker:
         torch.set_num_threads(max(1, cfg.threads))
         from merge_core import ResidentMerger
         from objectives.datasets import load_dataset
-        from objectives.generation import GenerationConfig
+        from objectives.generation_defaults import resolve_generation
         from objectives.processing import load_processor, register_image_only_processors
         from objectives.scorer import ProxyScorer
 
@@ -85,12 +87,15 @@ class TrialWorker:
                 ds = dataclasses.replace(ds, items=list(ds.items[: cfg.limit]))
             datasets.append(ds)
         self.datasets = datasets
+        self.generation = resolve_generation(
+            self.merger.model.config.model_type,
+            cfg.generation or {"preset": "none"},
+            tokenizer=getattr(self.processor, "tokenizer", None),
+            batch_size=cfg.batch_size,
+            fallback_max_new_tokens=cfg.max_new_tokens,
+        )
         self.scorer = ProxyScorer(
-            self.merger.model,
-            self.processor,
-            datasets,
-            chunk_size=cfg.chunk_size,
-            generation=GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size),
+            self.merger.model, self.processor, datasets, chunk_size=cfg.chunk_size, generation=self.generation
         )
         self.steps = self.scorer.steps()
         self.applied: str | None = None
@@ -107,8 +112,8 @@ class TrialWorker:
         self.load_s = time.perf_counter() - t0
 
     def info(self) -> dict[str, Any]:
-        """Host, pid, device, load time, memory tier and plan, and the step plan: per step, [dataset, items]
-        of each chunk."""
+        """Host, pid, device, load time, memory tier and plan, the step plan (per step, [dataset, items] of
+        each chunk) and the effective generation settings (``GenerationConfig.to_dict()``)."""
         return {
             "worker": self.label,
             "host": socket.gethostname(),
@@ -119,6 +124,7 @@ class TrialWorker:
             "memory_plan": self.merger.memory_plan.summary(),
             "steps": [[[c.dataset, len(c.indices)] for c in step] for step in self.steps],
             "datasets": {d.name: len(d.items) for d in self.datasets},
+            "generation": self.generation.to_dict(),
         }
 
     def run_step(

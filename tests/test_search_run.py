@@ -60,6 +60,8 @@ limit = {limit}
 max_new_tokens = {TOKENS}
 batch_size = {chunk}
 mode = "{mode}"
+[objectives.generation]
+preset = "none"
 [space]
 methods = ["linear", "task_arithmetic"]
 components = [["attention", "mlp", "norm"], ["attention"]]
@@ -191,6 +193,11 @@ def test_status_export_and_bitwise_remerge(toy_study, toy_world_ci, tmp_path, ca
     from merge_core import Recipe
 
     assert Recipe.from_dict(exported).id == best.user_attrs["recipe_id"]
+    provenance = json.loads((tmp_path / "r.provenance.json").read_text())  # how it was scored, beside it
+    assert provenance["trial"] == best.number and provenance["recipe_id"] == best.user_attrs["recipe_id"]
+    generation = provenance["generation"]
+    assert generation == best.user_attrs["generation"]
+    assert generation["max_new_tokens"] == TOKENS and generation["min_pixels"] is None
     # mergesearch merge of the exported JSON gives the very weights the worker scored
     assert cli_main(["merge", str(tmp_path / "r.json"), "--out", str(tmp_path / "m"), "--quiet"]) == 0
     _, merger = _reference_scores(toy_world_ci, exported, spec)

@@ -4,11 +4,15 @@ This file is executed by VLMEvalKit's interpreter (``<vlmeval python> vlmeval_la
 not imported by mergesearch: it may only use the stdlib and what that environment has (vlmeval, torch,
 transformers). The arguments are VLMEvalKit's ``run.py`` arguments, passed through unchanged.
 
-Why each patch (only applied when ``torch.cuda.is_available()`` is False, or MERGESEARCH_VLMEVAL_CPU=1):
+Attention, on any machine: VLMEvalKit's Qwen2-VL and Idefics2 wrappers always load with
+``attn_implementation="flash_attention_2"``, which needs the ``flash_attn`` package. Whenever ``flash_attn``
+cannot be imported (not installed, or built for another torch/CUDA), or the CPU patches apply,
+``from_pretrained`` is wrapped to load with ``sdpa`` instead, and the launcher logs it.
+
+Why each CPU patch (only applied when ``torch.cuda.is_available()`` is False, or MERGESEARCH_VLMEVAL_CPU=1):
 - ``Qwen2VLChat.__init__`` asserts ``max(get_gpu_memory()) > 0``; the wrappers' modules get a
   ``get_gpu_memory`` that reports one device.
-- the wrappers load with ``attn_implementation="flash_attention_2"`` / ``use_flash_attention_2=True`` and
-  ``device_map="auto"``; ``from_pretrained`` is wrapped to use ``sdpa`` and the CPU.
+- the wrappers load with ``device_map="auto"``; ``from_pretrained`` is wrapped to use the CPU.
 - they move inputs and models with ``.cuda()`` / ``.to("cuda")``; those become CPU no-ops.
 Inference is otherwise VLMEvalKit's own (prompts, generation settings, evaluation, score files).
 """
@@ -38,6 +42,44 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def flash_attn_importable() -> str | None:
+    """None when ``import flash_attn`` works; else why not (``ImportError: ...``), for the log."""
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as err:  # a wheel built for another torch raises more than ImportError
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def patch_attention_to_sdpa() -> list[str]:
+    """Wrap ``PreTrainedModel.from_pretrained`` so that a request for ``flash_attention_2`` (either keyword,
+    or the legacy ``use_flash_attention_2=True``) loads with ``sdpa``; other requests pass unchanged."""
+    import transformers
+
+    original_from_pretrained = transformers.PreTrainedModel.from_pretrained.__func__
+
+    @classmethod  # type: ignore[misc]
+    @functools.wraps(original_from_pretrained)
+    def from_pretrained(cls, *args, **kwargs):
+        if (
+            kwargs.get("attn_implementation") == "flash_attention_2"
+            or kwargs.get("_attn_implementation") == "flash_attention_2"
+            or kwargs.get("use_flash_attention_2")
+        ):
+            kwargs.pop("_attn_implementation", None)
+            kwargs["attn_implementation"] = "sdpa"
+        kwargs.pop("use_flash_attention_2", None)
+        # an Auto class (IDEFICS2 loads through AutoModelForVision2Seq) has already put the request into
+        # the config it passes on; the setter carries the change into the sub-configs
+        config = kwargs.get("config")
+        if getattr(config, "_attn_implementation", None) == "flash_attention_2":
+            config._attn_implementation = "sdpa"
+        return original_from_pretrained(cls, *args, **kwargs)
+
+    transformers.PreTrainedModel.from_pretrained = from_pretrained
+    return ["PreTrainedModel.from_pretrained: flash_attention_2 -> sdpa"]
+
+
 def patch_for_cpu() -> list[str]:
     """Install the CPU patches; returns the names of what was patched (printed for the log)."""
     import torch
@@ -50,19 +92,12 @@ def patch_for_cpu() -> list[str]:
     @classmethod  # type: ignore[misc]
     @functools.wraps(original_from_pretrained)
     def from_pretrained(cls, *args, **kwargs):
-        if (
-            kwargs.get("attn_implementation") == "flash_attention_2"
-            or kwargs.get("_attn_implementation") == "flash_attention_2"
-        ):
-            kwargs.pop("_attn_implementation", None)
-            kwargs["attn_implementation"] = "sdpa"
-        kwargs.pop("use_flash_attention_2", None)
         if kwargs.get("device_map") not in (None, "cpu"):
             kwargs["device_map"] = "cpu"
         return original_from_pretrained(cls, *args, **kwargs)
 
     transformers.PreTrainedModel.from_pretrained = from_pretrained
-    patched.append("PreTrainedModel.from_pretrained: flash_attention_2 -> sdpa, device_map -> cpu")
+    patched.append("PreTrainedModel.from_pretrained: device_map -> cpu")
 
     def module_cuda(self, device=None):
         return self
@@ -216,18 +251,33 @@ def patch_processor_argument_order() -> list[str]:
     return patched
 
 
-def main(argv: list[str]) -> int:
-    force = os.environ.get("MERGESEARCH_VLMEVAL_CPU", "auto")  # "0": never patch, "1": always, "auto": no GPU
-    if force != "0" and (force == "1" or not _cuda_available()):
+def adapt(force: str) -> list[str]:
+    """Install the patches this machine needs (module docstring); the log lines saying which and why.
+
+    ``force``: MERGESEARCH_VLMEVAL_CPU — "0" patches nothing, "1" the CPU patches, "auto" the CPU patches
+    when there is no CUDA. Unless "0": sdpa for flash_attention_2 whenever ``flash_attn`` does not import
+    (or the CPU patches apply), and the processor patches."""
+    lines: list[str] = []
+    if force == "0":
+        return lines
+    cpu = force == "1" or not _cuda_available()
+    if cpu:
         import torch
 
         torch.set_num_threads(int(os.environ.get("MERGESEARCH_VLMEVAL_THREADS", "1")))
-        for line in patch_for_cpu():
-            print(f"[mergesearch cpu adapter] {line}", flush=True)
+        lines += [f"[mergesearch cpu adapter] {line}" for line in patch_for_cpu()]
+    why = "the CPU patches apply" if cpu else flash_attn_importable()
+    if why is not None:
+        for line in patch_attention_to_sdpa():
+            lines.append(f"[mergesearch adapter] flash_attn is not usable ({why}): {line}")
+    for line in patch_image_only_processors() + patch_processor_argument_order():
+        lines.append(f"[mergesearch adapter] {line}")
+    return lines
 
-    if force != "0":
-        for line in patch_image_only_processors() + patch_processor_argument_order():
-            print(f"[mergesearch adapter] {line}", flush=True)
+
+def main(argv: list[str]) -> int:
+    for line in adapt(os.environ.get("MERGESEARCH_VLMEVAL_CPU", "auto")):
+        print(line, flush=True)
 
     from vlmeval import run as vlmeval_run
 

@@ -5,7 +5,8 @@ corpus, the family's special tokens are placed at exactly the ids the checkpoint
 video, vision start/end, bos/eos/pad), the remaining ids hold printable-ASCII bytes and learned merges, and
 the result is wrapped in ``PreTrainedTokenizerFast`` with the family's chat template. The processor is the
 image-only one of :mod:`objectives.processing` with small pixel bounds for Qwen2-VL / Qwen2.5-VL (a 28x28
-image is one LM token), and transformers' own ``LlavaNextProcessor`` (PIL image processor) for LLaVA-Next.
+image is one LM token), and transformers' own processors (PIL image processors) for LLaVA-Next, LLaVA and
+Idefics2 (whose images keep their aspect ratio: a 28-pixel shortest edge, a 56-pixel longest).
 The checkpoint's weights and config are not modified; only tokenizer/processor files are added.
 
 Usage::
@@ -103,6 +104,50 @@ FAMILIES["llava_next"] = {
     "eos": "<|eot_id|>",
     "pad": "<pad>",
     "extra_special_tokens": {"image_token": "<image>"},
+}
+
+# LLaVA-1.5's template (llava-hf/llava-1.5-7b-hf): "USER: <image>\n{text} ASSISTANT:".
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<image>\n{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% if message['role'] == 'user' %} {% else %}</s>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+FAMILIES["llava"] = {
+    "template": LLAVA_CHAT_TEMPLATE,
+    "specials": ("<pad>", "<s>", "</s>", "<image>"),
+    "config_ids": {
+        "image_token_index": "<image>",
+        "eos_token_id": "</s>",
+        "pad_token_id": "<pad>",
+        "bos_token_id": "<s>",
+    },
+    "eos": "</s>",
+    "pad": "<pad>",
+    "extra_special_tokens": {"image_token": "<image>"},
+}
+
+# Idefics2's template (HuggingFaceM4/idefics2-8b): "User:<image>{text}<end_of_utterance>\nAssistant:".
+IDEFICS2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].capitalize() }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+FAMILIES["idefics2"] = {
+    "template": IDEFICS2_CHAT_TEMPLATE,
+    "specials": ("<unk>", "<s>", "</s>", "<image>", "<fake_token_around_image>", "<end_of_utterance>"),
+    "config_ids": {
+        "image_token_id": "<image>",
+        "eos_token_id": "</s>",
+        "pad_token_id": "<unk>",
+        "bos_token_id": "<s>",
+    },
+    "eos": "</s>",
+    "pad": "<unk>",
+    "extra_special_tokens": {"image_token": "<image>", "image_boundary_token": "<fake_token_around_image>"},
 }
 
 _CORPUS = [
@@ -230,6 +275,38 @@ def add_processor(model_dir: str | Path, *, min_pixels: int = 28 * 28, max_pixel
             vision_feature_select_strategy=config.get("vision_feature_select_strategy", "default"),
             chat_template=tokenizer.chat_template,
             num_additional_image_tokens=1,  # CLIP's CLS token
+        )
+        processor.save_pretrained(str(model_dir))
+    elif family == "llava":
+        from transformers import LlavaProcessor
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        side = int(vision.get("image_size", 28))
+        processor = LlavaProcessor(
+            image_processor=CLIPImageProcessorPil(
+                size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+            ),
+            tokenizer=tokenizer,
+            patch_size=int(vision.get("patch_size", 14)),
+            vision_feature_select_strategy=config.get("vision_feature_select_strategy", "default"),
+            chat_template=tokenizer.chat_template,
+            num_additional_image_tokens=1,  # CLIP's CLS token
+        )
+        processor.save_pretrained(str(model_dir))
+    elif family == "idefics2":
+        from transformers import Idefics2Processor
+        from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
+
+        # a 28-pixel shortest edge and a 56-pixel longest: images keep their aspect ratio, so a batch has
+        # pixel values of several H x W (the case Idefics2 batching must pad)
+        image_processor = Idefics2ImageProcessorPil(
+            size={"shortest_edge": 28, "longest_edge": 56}, do_image_splitting=False
+        )
+        processor = Idefics2Processor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            image_seq_len=int(config["perceiver_config"]["resampler_n_latents"]),
+            chat_template=tokenizer.chat_template,
         )
         processor.save_pretrained(str(model_dir))
     else:

@@ -25,6 +25,8 @@ Layout (all tables optional except ``[models]`` and ``[objectives]``)::
     proxy_size = 0                    # >0: sample a proxy of that size from each dataset first
     chunk_size = 25
     mode = "weighted"                 # or "multi" (one objective per dataset, Pareto front)
+                                      # or "constrained" (search/constrained.py), with
+    constrained = { maximize = "MathVision_PROXY200", baseline = "vlm_alone", within = 1.0 }
     weights = {MathVista_TOY_PROXY200 = 1.0}
     max_new_tokens = 32; batch_size = 8; limit = 0
 
@@ -52,7 +54,7 @@ from merge_core.errors import MergesearchError
 
 SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "random", "grid")
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
-MODES = ("weighted", "multi")
+MODES = ("weighted", "multi", "constrained")
 METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "layer_swap")
 COMPONENTS = ("attention", "mlp", "norm", "embed", "lm_head")
 SHAPES = ("constant", "linear", "loglinear", "step", "explicit")
@@ -102,6 +104,7 @@ class ObjectivesSpec:
     max_new_tokens: int = 64
     batch_size: int = 8
     limit: int = 0  # >0: only the first `limit` items of each dataset (smoke tests)
+    constrained: Any = None  # mode "constrained": a search.constrained.ConstrainedSpec
 
     def weight(self, name: str) -> float:
         """The weight of dataset ``name`` (1.0 unless given)."""
@@ -423,6 +426,9 @@ def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
         raise t.fail("weights", "sum to zero; give at least one dataset a positive weight")
     if mode == "multi" and datasets and len(datasets) < 2:
         raise t.fail("mode", "is 'multi' but only one dataset is listed; use 'weighted' or list two datasets")
+    from search.constrained import parse_constrained
+
+    constrained = parse_constrained(t, mode, datasets)
     spec = ObjectivesSpec(
         datasets=datasets,
         data_dir=t.str_("data_dir"),
@@ -434,6 +440,7 @@ def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
         max_new_tokens=t.int_("max_new_tokens", 64, 1) or 64,
         batch_size=t.int_("batch_size", 8, 1) or 8,
         limit=t.int_("limit", 0, 0) or 0,
+        constrained=constrained,
     )
     t.finish()
     return spec
@@ -636,6 +643,9 @@ def spec_from_dict(data: dict[str, Any], *, src: str = "<study>", base_dir: Path
     )
     root.finish()
     _check_budget(spec, src)
+    from search.constrained import check_study
+
+    check_study(spec, src)
     return spec
 
 

@@ -11,8 +11,9 @@ Per-item outcomes (``{dataset: {item index: correct}}``) come from
 
 Held-out items: a full dataset less the items of the proxy drawn from it (the proxy manifest's
 ``indices``, :mod:`objectives.proxy`). The study's answer (:meth:`StudyEvidence.answer`) is the promoted
-trial best on the held-out items (COMPLETE sampled trials only, baselines excluded; in ``constrained`` mode
-the feasible ones, judged on the held-out items too), else the proxy's best when nothing was promoted.
+trial best on the held-out items (a baseline too can be the answer: then no searched recipe did better; in
+``constrained`` mode the feasible ones, judged on the held-out items too), else the proxy's best when nothing
+was promoted.
 Statistics: :mod:`objectives.stats`.
 """
 
@@ -103,20 +104,18 @@ def held_out(outcomes: Outcomes, proxy_items: dict[str, set[str]]) -> Outcomes:
 
 
 def proxy_manifests(spec: StudySpec) -> dict[str, Any]:
-    """{proxy dataset short name: its manifest} for the study's proxies that have one next to their TSV."""
+    """{proxy dataset short name: its manifest} for the study's proxies with a manifest beside their TSV
+    (a toy study: the manifests in its cached world's data folder; nothing is built here)."""
     from objectives.datasets import resolve_path
     from objectives.proxy import load_manifest
 
     names, root = list(spec.objectives.datasets), spec.objectives.data_dir
-    if spec.models.toy is not None and not names:
-        from objectives.toy import build_toy_world
+    if spec.models.toy is not None:
+        from objectives.toy.build import world_dir
 
-        world = build_toy_world(spec.models.toy.seed, size=spec.models.toy.size)
-        names, root = list(world.proxy_datasets), str(world.data_dir)
-    elif spec.models.toy is not None and root is None:
-        from objectives.toy import build_toy_world
-
-        root = str(build_toy_world(spec.models.toy.seed, size=spec.models.toy.size).data_dir)
+        data = world_dir(spec.models.toy.seed, spec.models.toy.size) / "LMUData"
+        root = root or str(data)
+        names = names or [p.name[: -len(".manifest.json")] for p in sorted(data.glob("*.manifest.json"))]
     out: dict[str, Any] = {}
     for n in names:
         name, tsv = resolve_path(n, root)
@@ -252,23 +251,17 @@ class StudyEvidence:
         return feasibility(self, trial, scope)
 
     def answer(self) -> tuple[FrozenTrial | None, str]:
-        """(the study's best trial, how it was chosen): best held-out score among promoted sampled trials;
+        """(the study's best trial, how it was chosen): best held-out score among the promoted trials;
         without held-out data, the best full score; without promotion, the proxy's best."""
         for scope in ("held_out", "full"):
-            cands = [
-                t
-                for t in self.promoted()
-                if "baseline" not in t.user_attrs and self.rank_value(t, scope) is not None
-            ]
+            cands = [t for t in self.promoted() if self.rank_value(t, scope) is not None]
             if self._target() is not None:
                 cands = [t for t in cands if self.feasible(t, scope) is not False]
             if cands:
                 best = max(cands, key=lambda t: (self.rank_value(t, scope), -t.number))
                 what = "held-out items (full set less the proxy's)" if scope == "held_out" else "full sets"
                 return best, f"best of {len(cands)} promoted trials on the {what}"
-        ranked = [t for t in ranked_trials(self.study) if "baseline" not in t.user_attrs] or ranked_trials(
-            self.study
-        )
+        ranked = ranked_trials(self.study)
         if self._target() is not None:
             ranked = [t for t in ranked if self.feasible(t, "proxy") is not False] or ranked
         if not ranked:

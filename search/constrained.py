@@ -46,10 +46,18 @@ class ConstrainedSpec:
     maximize: str
     baseline: str
     within: float = 1.0
+    aliases: tuple[str, ...] = ()  # the maximised dataset's proxy name when the study samples a proxy
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Names the maximised dataset goes by in trial scores (itself, and its proxy's name)."""
+        return (self.maximize, *self.aliases)
 
 
 def parse_constrained(t: Any, mode: str, datasets: tuple[str, ...]) -> ConstrainedSpec | None:
     """``objectives.constrained`` from the objectives table reader ``t`` (search.spec._Reader)."""
+    from objectives.proxy import proxy_name
+
     raw = t.get("constrained")
     if mode != "constrained":
         if raw is not None:
@@ -76,7 +84,9 @@ def parse_constrained(t: Any, mode: str, datasets: tuple[str, ...]) -> Constrain
         raise t.fail("constrained.baseline", f"must name one of the study's [[baselines]], got {base!r}")
     if isinstance(within, bool) or not isinstance(within, (int, float)) or within < 0:
         raise t.fail("constrained.within", f"must be a non-negative number of points, got {within!r}")
-    return ConstrainedSpec(target, base, float(within))
+    size = t.get("proxy_size", 0)
+    aliases = (proxy_name(target, size),) if isinstance(size, int) and size > 0 else ()
+    return ConstrainedSpec(target, base, float(within), aliases)
 
 
 def check_study(spec: StudySpec, src: str) -> None:
@@ -105,7 +115,7 @@ def constraint_values(
     return {
         d: (base_scores[d] - c.within / 100.0) - float(a)
         for d, a in scores.items()
-        if d != c.maximize and d in base_scores
+        if d not in c.targets and d in base_scores
     }
 
 
@@ -175,7 +185,7 @@ def feasibility(ev: StudyEvidence, trial: FrozenTrial, scope: str) -> bool | Non
         return None
     base = ev.baselines.get(c.baseline)
     if scope == "proxy":
-        stored = stored_constraints(ev.study, trial)
+        stored = stored_constraints(ev.study, trial, ev.study_attrs)
         if stored:
             return is_feasible(stored)
         if base is None:
@@ -186,10 +196,10 @@ def feasibility(ev: StudyEvidence, trial: FrozenTrial, scope: str) -> bool | Non
     if base is None:
         return None
     mine, theirs = ev.scored(trial, scope).per_dataset, ev.scored(base, scope).per_dataset
-    target = ev.source_of.get(c.maximize, c.maximize)
+    targets = ev.target_names(scope)
     vals = {
         d: (theirs[d].value - c.within / 100.0) - e.value
         for d, e in mine.items()
-        if d != target and d in theirs
+        if d not in targets and d in theirs
     }
     return is_feasible(vals)

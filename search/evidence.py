@@ -19,14 +19,16 @@ Statistics: :mod:`objectives.stats`.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from merge_core.errors import MergesearchError
 from objectives.stats import Estimate, PairedGain, paired_gain, weighted_accuracy, wilson
 from search.objective_values import short_name
-from search.trials import baseline_trials, ranked_trials, trial_attr
+from search.trials import baseline_trials, ranked_trials
 
 if TYPE_CHECKING:
     import optuna
@@ -97,9 +99,12 @@ def compare(
 
 
 def held_out(outcomes: Outcomes, proxy_items: dict[str, set[str]]) -> Outcomes:
-    """The outcomes less the items any proxy took from that dataset."""
+    """The outcomes less the items the proxies took from each dataset. Only datasets a proxy manifest names
+    as its source are kept: for any other, which of its items the search saw is not known."""
     return {
-        d: {i: c for i, c in v.items() if i not in proxy_items.get(d, set())} for d, v in outcomes.items()
+        d: {i: c for i, c in v.items() if i not in proxy_items[d]}
+        for d, v in outcomes.items()
+        if d in proxy_items
     }
 
 
@@ -150,7 +155,7 @@ class StudyEvidence:
         if spec is not None:
             try:
                 manifests = proxy_manifests(spec)
-            except Exception:  # a moved data folder: no held-out split, said where it matters
+            except (MergesearchError, OSError, KeyError):  # a moved or foreign manifest: no held-out split
                 manifests = {}
         self.proxy_items: dict[str, set[str]] = {}
         self.full_weights: dict[str, float] = {}
@@ -163,12 +168,21 @@ class StudyEvidence:
         self.baselines = baseline_trials(study)
         self._cache: dict[tuple[int, str], Scored] = {}
 
+    @functools.cached_property
+    def study_attrs(self) -> dict[str, Any]:
+        """The study's user attributes, read once (post-search results such as ``trial/<n>/constraints``)."""
+        return dict(self.study.user_attrs)
+
     # ---------------------------------------------------------------- per trial
+    def full_eval(self, trial: FrozenTrial) -> Any:
+        """The trial's stored ``full_eval`` (search.promote), from the study attributes read once."""
+        return trial.user_attrs.get("full_eval") or self.study_attrs.get(f"trial/{trial.number}/full_eval")
+
     def outcomes(self, trial: FrozenTrial, scope: str) -> Outcomes | None:
         """Per-item outcomes of ``trial`` in ``scope`` (proxy | full | held_out), None when unknown."""
         if scope == "proxy":
             return read_proxy_outcomes(self.records_dir, trial.number) if self.records_dir else None
-        full = read_full_outcomes(trial_attr(self.study, trial, "full_eval"))
+        full = read_full_outcomes(self.full_eval(trial))
         if full is None or scope == "full":
             return full
         return held_out(full, self.proxy_items)
@@ -181,7 +195,7 @@ class StudyEvidence:
         key = (trial.number, scope)
         if key not in self._cache:
             oc = self.outcomes(trial, scope)
-            if oc is not None:
+            if oc is not None and any(oc.values()):
                 per, w = estimates(oc, self.weights(scope))
                 self._cache[key] = Scored(per, w, oc)
             else:
@@ -197,7 +211,7 @@ class StudyEvidence:
             scores = trial.user_attrs.get("scores") or {}
             n = n_items // max(1, len(scores)) if scores else 0  # equal proxies: the usual layout
             return {d: wilson(round(a * n), n) for d, a in scores.items() if n}
-        fe = trial_attr(self.study, trial, "full_eval")
+        fe = self.full_eval(trial)
         out = {}
         for d, r in ((fe or {}).get("per_dataset") or {}).items() if isinstance(fe, dict) else ():
             if r.get("n"):
@@ -214,18 +228,18 @@ class StudyEvidence:
         return compare(a, b, self.weights(scope))
 
     # ---------------------------------------------------------------- the study
+    @functools.cache  # noqa: B019
     def promoted(self) -> list[FrozenTrial]:
         """COMPLETE trials with a full evaluation (baselines included), in proxy rank order."""
         return [
-            t for t in ranked_trials(self.study) if isinstance(trial_attr(self.study, t, "full_eval"), dict)
+            t for t in ranked_trials(self.study) if isinstance(self.full_eval(t), dict)
         ]
 
     def rank_value(self, trial: FrozenTrial, scope: str) -> float | None:
         """What ranks trials in ``scope``: the weighted objective (constrained mode: the target dataset)."""
         s = self.scored(trial, scope)
-        target = self._target()
-        if target is not None:
-            est = s.per_dataset.get(self._scope_name(target, scope))
+        if self._target() is not None:
+            est = next((e for d, e in s.per_dataset.items() if d in self.target_names(scope)), None)
             return None if est is None else est.value
         if s.weighted is not None:
             return s.weighted.value
@@ -239,9 +253,14 @@ class StudyEvidence:
         c = getattr(self.spec.objectives, "constrained", None) if self.spec else None
         return c.maximize if c is not None else None
 
-    def _scope_name(self, proxy_name: str, scope: str) -> str:
-        """A proxy dataset's name in the full / held-out scopes (the full set its manifest names)."""
-        return proxy_name if scope == "proxy" else self.source_of.get(proxy_name, proxy_name)
+    def target_names(self, scope: str) -> set[str]:
+        """Constrained mode: the maximised dataset's names in ``scope`` (full / held-out: the full set its
+        proxy was drawn from, by the proxy manifest)."""
+        c = getattr(self.spec.objectives, "constrained", None) if self.spec else None
+        if c is None:
+            return set()
+        names = set(c.targets)
+        return names if scope == "proxy" else names | {self.source_of.get(n, n) for n in names}
 
     def feasible(self, trial: FrozenTrial, scope: str = "proxy") -> bool | None:
         """Constrained mode: whether ``trial`` meets the constraints in ``scope`` (None: not constrained /
@@ -250,6 +269,7 @@ class StudyEvidence:
 
         return feasibility(self, trial, scope)
 
+    @functools.cache  # noqa: B019 - one evidence object per command; the study does not change under it
     def answer(self) -> tuple[FrozenTrial | None, str]:
         """(the study's best trial, how it was chosen): best held-out score among the promoted trials;
         without held-out data, the best full score; without promotion, the proxy's best."""

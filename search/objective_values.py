@@ -32,7 +32,7 @@ def dataset_weights(spec: StudySpec, datasets: tuple[str, ...]) -> dict[str, flo
     ``constrained`` mode: 1 for the maximised dataset, 0 for the others (they are constraints, not objective)."""
     c = getattr(spec.objectives, "constrained", None)
     if c is not None:
-        return {d: float(short_name(d) == c.maximize) for d in datasets}
+        return {d: float(short_name(d) in c.targets) for d in datasets}
     return {d: spec.objectives.weight(short_name(d)) for d in datasets}
 
 

@@ -105,7 +105,8 @@ def _intermediate_values(study: optuna.Study, vis: Any) -> Any:
     return vis.plot_intermediate_values(study)
 
 
-def _trial_rows(study: optuna.Study) -> str:
+def _trial_rows(study: optuna.Study, ev: StudyEvidence) -> str:
+    constrained = bool(ev.target_names("proxy"))
     rows = []
     for t in study.get_trials(deepcopy=False):
         vals = "" if t.values is None else ", ".join(f"{v:.4f}" for v in t.values)
@@ -126,6 +127,9 @@ def _trial_rows(study: optuna.Study) -> str:
             str(t.user_attrs.get("fail_reason", "")),
             json.dumps(full_eval.get("per_dataset", {})) if isinstance(full_eval, dict) else "",
         ]
+        if constrained:  # judged on the proxy against the named baseline (search.constrained)
+            f = ev.feasible(t, "proxy") if t.state.name in ("COMPLETE", "PRUNED") else None
+            cells.append("-" if f is None else "feasible" if f else "INFEASIBLE")
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     head = [
         "#",
@@ -139,7 +143,7 @@ def _trial_rows(study: optuna.Study) -> str:
         "worker",
         "fail reason",
         "full eval",
-    ]
+    ] + (["constraints"] if constrained else [])
     return (
         "<table class='trials'><thead><tr>"
         + "".join(f"<th>{h}</th>" for h in head)
@@ -188,7 +192,7 @@ Directions: {", ".join(d.name.lower() for d in study.directions)}.</p>
 <h2>Best recipes (proxy ranking)</h2>{best_html}
 {"".join(parts)}
 <h2>All trials</h2>
-{_trial_rows(study)}
+{_trial_rows(study, ev)}
 </body></html>
 """
 

@@ -103,3 +103,20 @@ def test_constraints_reach_optuna_at_the_tell_and_rank_infeasible_last():
     # Optuna's own view: the best feasible trial
     assert study.best_trial.number == 0  # Optuna counts a trial without values feasible; our ranking does not
     assert [t.number for t in ranked_trials(study)] == [2, 1, 0, 3]  # feasible first, each by value
+
+
+def test_the_7b_study_files_carry_the_constrained_mode_commented_and_it_parses(tmp_path):
+    from pathlib import Path
+
+    from search.spec import load_spec
+
+    for name in ("qwen25vl7b_qwen25math7b.toml", "llava_next_llama3_8b_dartmath.toml"):
+        text = (Path(__file__).parent.parent / "studies" / name).read_text()
+        assert '# mode = "constrained"' in text
+        on = text.replace('mode = "weighted"\n', "").replace("# mode = \"constrained\"", 'mode = "constrained"')
+        on = on.replace("# constrained = {", "constrained = {")
+        (tmp_path / name).write_text(on)
+        c = load_spec(tmp_path / name).objectives.constrained
+        # with proxy_size = 200 the trials' scores name the proxy: the target answers to both names
+        assert (c.maximize, c.baseline, c.within) == ("MathVision", "vlm_alone", 1.0)
+        assert c.targets == ("MathVision", "MathVision_PROXY200")

@@ -112,8 +112,8 @@ def test_status_shows_intervals_paired_gains_and_the_honest_verdict(promoted_stu
 
     assert cli_main(["status", str(promoted_study.path)]) == 0
     out = capsys.readouterr().out
-    assert "gain vs vlm_alone" in out and "pts p=" in out and "Spearman" in out
-    assert "held-out items:" in out or "held-out" in out
+    assert "gain over vlm_alone on the held-out items (paired, 95%)" in out and "pts p=" in out
+    assert "Spearman" in out and "best: trial" in out and "held-out items:" in out
     study = open_study(promoted_study, create=False)
     ev = StudyEvidence(study, promoted_study)
     base = _proxy(promoted_study, ev.baselines["vlm_alone"].number)

@@ -7,7 +7,6 @@ overrides the URL. Errors a user can fix are MergesearchErrors (exit code 2), ra
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -89,12 +88,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt_recipe(recipe: dict[str, Any]) -> str:
-    return json.dumps(
-        {k: v for k, v in recipe.items() if k not in ("schema", "vlm", "llm", "base")}, sort_keys=True
-    )
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from search.storage import mask_url, open_study
     from search.trials import baseline_trials, counts_by_state, pareto_front, ranked_trials, trial_attr
@@ -109,6 +102,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     trials = pareto_front(study) if multi else ranked_trials(study)[: args.top]
     from search.evidence import VLM_ALONE, StudyEvidence
     from search.evidence_text import fmt_gain, fmt_scores, headline, rankings_table
+    from search.report_evidence import recipe_text
 
     ev = StudyEvidence(study, spec)
     vlm = ev.baselines.get(VLM_ALONE)
@@ -131,7 +125,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             ", ".join(f"{v:.4f}" for v in t.values),
             fmt_scores(ev, t, "proxy") or ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()),
             fe_txt,
-            t.user_attrs.get("baseline") or _fmt_recipe(t.user_attrs.get("recipe", {})),
+            t.user_attrs.get("baseline") or recipe_text(t.user_attrs.get("recipe", {})),
             fmt_gain(ev, t, vlm, "proxy") if vlm is not None else "",
         ]
         if spec.objectives.constrained is not None:

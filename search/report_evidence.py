@@ -26,15 +26,28 @@ if TYPE_CHECKING:
 TOP = 5
 
 
+def _num(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def recipe_text(recipe: dict[str, Any]) -> str:
+    """One line: ``"ties a_VLM = 1.2, a_LLM = 0.6 · density 0.5 · attention + mlp + norm · step (start 2)"``."""
+    c = recipe_cells(recipe)
+    parts = [f"{c['method']} {c['weights']}"]
+    if c["density"]:
+        parts.append(f"density {c['density']}")
+    return " · ".join([*parts, c["components"], c["schedule"]])
+
+
 def recipe_cells(recipe: dict[str, Any]) -> dict[str, str]:
     """A recipe as the field writes it: method, weights, density, components, schedule."""
     m = recipe.get("method", "?")
     if m in ("linear", "layer_swap"):
-        weights = f"w_LLM = {recipe.get('weight')}"
+        weights = f"w_LLM = {_num(recipe.get('weight'))}"
     else:
-        weights = f"a_VLM = {recipe.get('vlm_weight')}, a_LLM = {recipe.get('llm_weight')}"
+        weights = f"a_VLM = {_num(recipe.get('vlm_weight'))}, a_LLM = {_num(recipe.get('llm_weight'))}"
         if recipe.get("lambda") not in (None, 1.0):
-            weights += f", λ = {recipe.get('lambda')}"
+            weights += f", λ = {_num(recipe.get('lambda'))}"
     sched = dict(recipe.get("schedule") or {"shape": "constant"})
     shape = sched.pop("shape", "constant")
     extra = ", ".join(f"{k} {v}" for k, v in sched.items())
@@ -43,7 +56,7 @@ def recipe_cells(recipe: dict[str, Any]) -> dict[str, str]:
     return {
         "method": str(m),
         "weights": weights,
-        "density": "" if recipe.get("density") is None else str(recipe.get("density")),
+        "density": "" if recipe.get("density") is None else _num(recipe.get("density")),
         "components": " + ".join(comps) + (f" ({cw})" if cw else ""),
         "schedule": shape + (f" ({extra})" if extra else ""),
     }
@@ -182,7 +195,7 @@ def gains_figure(ev: StudyEvidence) -> Any:
             per, w = ev.gains(best, base, scope)
             if w is None:
                 continue
-            items = list(per.items()) + [("weighted", w)]
+            items = list(per.items()) + [(f"weighted ({WHERE[scope]})", w)]
             fig.add_trace(
                 go.Scatter(
                     x=[d for d, _ in items],

@@ -223,3 +223,45 @@ def test_a_large_gain_is_reported_with_its_interval(tmp_path):
     gain_line = next(x for x in lines if x.startswith("  gain over vlm_alone"))
     assert "+40.0 [" in gain_line and f"p={p:.2g}" in gain_line and gain_line.endswith("*")
     assert math.isclose(p, 3.0517578125e-05)
+
+
+def test_constrained_study_through_the_coordinator(tmp_path, toy_world_ci, shared_ray, capsys):  # noqa: F811
+    """The coordinator sets each trial's constraints at its tell (Optuna stores them); status and the
+    report mark every trial feasible or INFEASIBLE, matching the scores against the baseline's here."""
+    target = next(d for d in toy_world_ci.proxy_datasets if d.startswith("MathVision"))
+    other = next(d for d in toy_world_ci.proxy_datasets if d != target)
+    path = write_study(
+        tmp_path / "c.toml",
+        toy_world_ci,
+        name="constrained",
+        storage=f"sqlite:///{tmp_path}/c.db",
+        out=tmp_path / "out",
+        n_trials=4,
+        limit=10,
+        chunk=10,
+        mode="constrained",
+        extra="",
+    )
+    text = path.read_text().replace(
+        'mode = "constrained"',
+        f'mode = "constrained"\nconstrained = {{ maximize = "{target}", baseline = "vlm_alone", within = 1.0 }}',
+    )
+    path.write_text(text)
+    spec = load_spec(path)
+    run_study(spec, live=False, promote=False)
+    study = open_study(spec, create=False)
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    base = next(t for t in done if t.user_attrs.get("baseline") == "vlm_alone")
+    for t in done:
+        assert t.value == pytest.approx(t.user_attrs["scores"][target])  # the told value: the target alone
+        cons = t.constraints or trial_attr(study, t, "constraints")
+        expect = base.user_attrs["scores"][other] - 0.01 - t.user_attrs["scores"][other]
+        assert cons == pytest.approx({other: expect})
+    assert cli_main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    n_bad = sum(1 for t in done if (t.constraints or trial_attr(study, t, "constraints"))[other] > 0)
+    assert out.count("INFEASIBLE") >= n_bad
+    assert "yes" in out  # the baseline itself is feasible
+    assert cli_main(["report", str(path), "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "<th>constraints</th>" in page and page.count("INFEASIBLE</td>") >= n_bad

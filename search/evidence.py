@@ -231,9 +231,7 @@ class StudyEvidence:
     @functools.cache  # noqa: B019
     def promoted(self) -> list[FrozenTrial]:
         """COMPLETE trials with a full evaluation (baselines included), in proxy rank order."""
-        return [
-            t for t in ranked_trials(self.study) if isinstance(self.full_eval(t), dict)
-        ]
+        return [t for t in ranked_trials(self.study) if isinstance(self.full_eval(t), dict)]
 
     def rank_value(self, trial: FrozenTrial, scope: str) -> float | None:
         """What ranks trials in ``scope``: the weighted objective (constrained mode: the target dataset)."""
@@ -243,8 +241,8 @@ class StudyEvidence:
             return None if est is None else est.value
         if s.weighted is not None:
             return s.weighted.value
-        if not s.per_dataset:
-            return None
+        if not s.per_dataset:  # no per-item records: the proxy's told value
+            return float(trial.value) if scope == "proxy" and len(trial.values or []) == 1 else None
         w = self.weights(scope)
         total = sum(w.get(d, 1.0) for d in s.per_dataset)
         return sum(w.get(d, 1.0) * e.value for d, e in s.per_dataset.items()) / total if total else None

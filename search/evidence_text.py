@@ -91,6 +91,15 @@ def label(t: FrozenTrial) -> str:
     return f"{t.number} ({name})" if name else str(t.number)
 
 
+def _cell(ev: StudyEvidence, t: FrozenTrial, scope: str, values: dict[int, float | None]) -> str:
+    """The ranking value with its interval where there is one ("-" when unknown)."""
+    w = ev.scored(t, scope).weighted
+    if w is not None and not ev.target_names(scope):
+        return w.as_fraction()
+    v = values[t.number]
+    return "-" if v is None else f"{v:.3f}"
+
+
 def rankings_table(ev: StudyEvidence) -> Any:
     """Promoted trials ranked on the proxy and on the held-out items, side by side (rich Table), with the
     Spearman correlation of the two over the promoted trials as its caption."""
@@ -108,16 +117,7 @@ def rankings_table(ev: StudyEvidence) -> Any:
     for col in ("#", "proxy: trial", "proxy score", f"{WHERE[scope]}: trial", f"{WHERE[scope]} score"):
         table.add_column(col)
     for i, (a, b) in enumerate(zip(by_proxy, by_held, strict=True), 1):
-        sa, sb = ev.scored(a, "proxy"), ev.scored(b, scope)
-        table.add_row(
-            str(i),
-            label(a),
-            sa.weighted.as_fraction() if sa.weighted and ev._target() is None else f"{pv[a.number]:.3f}",
-            label(b),
-            sb.weighted.as_fraction()
-            if sb.weighted and ev._target() is None
-            else f"{hv[b.number] or 0.0:.3f}",
-        )
+        table.add_row(str(i), label(a), _cell(ev, a, "proxy", pv), label(b), _cell(ev, b, scope, hv))
     pairs = [(pv[n], hv[n]) for n in pv if pv[n] is not None and hv[n] is not None]
     rho = spearman([p for p, _ in pairs], [h for _, h in pairs])
     table.caption = (
@@ -142,7 +142,7 @@ def promotion_table(ev: StudyEvidence, results: list[Any]) -> Any:
         for r in results
     }
     table.caption = "; ".join(f"{k}: {v}" for k, v in labels.items()) + " · * beat at 95% (paired bootstrap)"
-    constrained = ev._target() is not None
+    constrained = bool(ev.target_names("proxy"))
     cols = ["trial", "recipe", "status", "proxy", "full", "held-out", "gain vs vlm_alone (held-out)"]
     for col in cols + (["feasible"] if constrained else []):
         table.add_column(col, no_wrap=col in ("trial", "status"))

@@ -121,7 +121,8 @@ def rankings_table(ev: StudyEvidence) -> Any:
     pairs = [(pv[n], hv[n]) for n in pv if pv[n] is not None and hv[n] is not None]
     rho = spearman([p for p, _ in pairs], [h for _, h in pairs])
     table.caption = (
-        f"Spearman(proxy, {WHERE[scope]}) over {len(pairs)} promoted trials: {rho[0]:.2f} (p={rho[1]:.2g})"
+        f"Spearman(proxy, {WHERE[scope]}) over {len(pairs)} promoted trials: {rho[0]:.2f}"
+        + (f" (p={rho[1]:.2g})" if len(pairs) >= 10 else " (too few for a p-value)")
         if rho
         else f"Spearman(proxy, {WHERE[scope]}): needs 3 promoted trials with distinct scores ({len(pairs)} here)"
     )

@@ -30,6 +30,11 @@ def _num(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _rho_p(p: float, n: int) -> str:
+    """Spearman's p-value where it means something (scipy's t approximation needs about 10 pairs)."""
+    return f" (p = {p:.2g})" if n >= 10 else f" (n = {n}: too few pairs for a p-value)"
+
+
 def recipe_text(recipe: dict[str, Any]) -> str:
     """One line: ``"ties a_VLM = 1.2, a_LLM = 0.6 · density 0.5 · attention + mlp + norm · step (start 2)"``."""
     c = recipe_cells(recipe)
@@ -41,6 +46,13 @@ def recipe_text(recipe: dict[str, Any]) -> str:
 
 def recipe_cells(recipe: dict[str, Any]) -> dict[str, str]:
     """A recipe as the field writes it: method, weights, density, components, schedule."""
+    from merge_core import Recipe
+    from merge_core.errors import MergesearchError
+
+    try:  # the recipe with its defaults filled in (a baseline stores only the fields it sets)
+        recipe = Recipe.from_dict(recipe).to_dict()
+    except MergesearchError:  # shown as stored when it does not validate (e.g. no model paths)
+        pass
     m = recipe.get("method", "?")
     if m in ("linear", "layer_swap"):
         weights = f"w_LLM = {_num(recipe.get('weight'))}"
@@ -130,6 +142,7 @@ def per_layer_figure(ev: StudyEvidence, trials: list[FrozenTrial]) -> Any:
         yaxis_title="LLM weight (w · r(layer))",
         title="per-layer LLM weight, top recipes",
     )
+    fig.update_xaxes(dtick=1)
     return fig
 
 
@@ -166,7 +179,7 @@ def tradeoff_figure(ev: StudyEvidence) -> Any:
                 y=[t.user_attrs["scores"][y] for t in ts],
                 mode="markers+text" if key == "baseline" else "markers",
                 text=[t.user_attrs.get("baseline", "") for t in ts] if key == "baseline" else None,
-                textposition="top center",
+                textposition="top left",
                 hovertext=[f"trial {t.number}: {t.user_attrs.get('n_items', '?')} items" for t in ts],
                 marker=style[key],
                 name={
@@ -261,7 +274,7 @@ def fidelity_figure(ev: StudyEvidence) -> Any:
         )
     )
     rho_txt = (
-        f"Spearman ρ = {rho[0]:.2f} (p = {rho[1]:.2g})" if rho else "Spearman ρ: needs 3 distinct points"
+        f"Spearman ρ = {rho[0]:.2f}{_rho_p(rho[1], len(pts))}" if rho else "Spearman ρ: needs 3 distinct points"
     )
     fig.update_layout(
         xaxis_title="proxy (weighted, 95% interval)",

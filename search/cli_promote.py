@@ -86,7 +86,7 @@ def backend_options(args: argparse.Namespace, backend: str) -> dict[str, Any]:
 def run_promote(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from search.promote import promote_study, results_table
+    from search.promote import promote_study
     from search.spec import load_spec
     from search.storage import open_study
 
@@ -105,5 +105,12 @@ def run_promote(args: argparse.Namespace) -> int:
         backend_options=options,
         study=study,
     )
-    console.print(results_table(results))
+    from search.evidence import StudyEvidence
+    from search.evidence_text import headline, promotion_table, rankings_table
+
+    ev = StudyEvidence(study, spec)
+    console.print(promotion_table(ev, results))
+    console.print(rankings_table(ev))
+    for line in headline(ev):
+        console.print(line, highlight=False, soft_wrap=True)
     return 0

@@ -7,7 +7,6 @@ overrides the URL. Errors a user can fix are MergesearchErrors (exit code 2), ra
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -119,12 +118,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt_recipe(recipe: dict[str, Any]) -> str:
-    return json.dumps(
-        {k: v for k, v in recipe.items() if k not in ("schema", "vlm", "llm", "base")}, sort_keys=True
-    )
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from search.storage import mask_url, open_study
     from search.trials import baseline_trials, counts_by_state, pareto_front, ranked_trials, trial_attr
@@ -137,8 +130,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print("trials: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
     multi = len(study.directions) > 1
     trials = pareto_front(study) if multi else ranked_trials(study)[: args.top]
-    table = Table(title="Pareto front" if multi else f"best {len(trials)} trials")
-    for col in ("trial", "value(s)", "proxy scores", "full eval", "recipe"):
+    from search.evidence import VLM_ALONE, StudyEvidence
+    from search.evidence_text import fmt_gain, fmt_scores, headline, rankings_table
+    from search.report_evidence import recipe_text
+
+    ev = StudyEvidence(study, spec)
+    vlm = ev.baselines.get(VLM_ALONE)
+    table = Table(title="Pareto front" if multi else f"best {len(trials)} trials (proxy, 95% intervals)")
+    cols = ["trial", "value(s)", "proxy scores", "full eval", "recipe", "gain vs vlm_alone (proxy)"]
+    for col in cols + (["feasible"] if spec.objectives.constrained is not None else []):
         table.add_column(col)
     for t in trials:
         fe = trial_attr(study, t, "full_eval")
@@ -147,15 +147,26 @@ def cmd_status(args: argparse.Namespace) -> int:
             fe_txt = ", ".join(
                 f"{k}: {v.get('overall', v)}" for k, v in (fe.get("per_dataset") or {}).items()
             )
+        if isinstance(fe, dict):
+            fe_txt = fmt_scores(ev, t, "full") or fe_txt
         scores = t.user_attrs.get("scores") or {}
-        table.add_row(
+        row = [
             str(t.number),
             ", ".join(f"{v:.4f}" for v in t.values),
-            ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()),
+            fmt_scores(ev, t, "proxy") or ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()),
             fe_txt,
-            t.user_attrs.get("baseline") or _fmt_recipe(t.user_attrs.get("recipe", {})),
-        )
+            t.user_attrs.get("baseline") or recipe_text(t.user_attrs.get("recipe", {})),
+            fmt_gain(ev, t, vlm, "proxy") if vlm is not None else "",
+        ]
+        if spec.objectives.constrained is not None:
+            f = ev.feasible(t, "proxy")
+            row.append("-" if f is None else "yes" if f else "INFEASIBLE")
+        table.add_row(*row)
     console.print(table)
+    if ev.promoted():
+        console.print(rankings_table(ev))
+    for line in headline(ev):
+        console.print(line, highlight=False, soft_wrap=True)
     for name, t in baseline_trials(study).items():
         console.print(
             f"baseline {name}: trial {t.number} " + ", ".join(f"{v:.4f}" for v in t.values), highlight=False
@@ -166,30 +177,32 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from search.export import export_recipe
     from search.storage import open_study
-    from search.trials import TrialLookupError, get_trial, ranked_trials, trial_recipe_dict
+    from search.trials import TrialLookupError, get_trial, trial_recipe_dict
 
     spec = _load(args)
     study = open_study(spec, create=False, with_sampler=False)
+    from search.evidence import StudyEvidence
+    from search.export import provenance_path, trial_provenance
+
+    ev = StudyEvidence(study, spec)
     if args.trial is None:
-        ranked = ranked_trials(study)
-        if not ranked:
+        trial, how = ev.answer()  # the best on the held-out items once promoted (search.evidence)
+        if trial is None:
             raise TrialLookupError(f"study {spec.name!r} has no COMPLETE trial to export yet")
-        trial = ranked[0]
     else:
+        how = "chosen with --trial"
         trial = get_trial(study, args.trial)
         if trial.state.name != "COMPLETE":
             raise TrialLookupError(
                 f"trial {args.trial} is {trial.state.name}, not COMPLETE; pick one from `status`"
             )
-    provenance = {
-        "study": spec.name,
-        "trial": trial.number,
-        "values": list(trial.values),
-        "scores": trial.user_attrs.get("scores"),
-        "generation": trial.user_attrs.get("generation"),  # None for trials recorded before it was stored
-    }
-    out = export_recipe(trial_recipe_dict(trial), Path(args.out), args.format, provenance=provenance)
-    print(f"trial {trial.number} ({', '.join(f'{v:.4f}' for v in trial.values)}) → {out}")
+    out = export_recipe(
+        trial_recipe_dict(trial), Path(args.out), args.format, provenance=trial_provenance(ev, trial, how)
+    )
+    print(
+        f"trial {trial.number} ({how}; {', '.join(f'{v:.4f}' for v in trial.values)}) → {out}; "
+        f"scores with intervals → {provenance_path(out)}"
+    )
     return 0
 
 
@@ -199,7 +212,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     spec = _load(args)
     study = open_study(spec, create=False, with_sampler=False)
-    out = write_report(study, Path(args.out) if args.out else spec.output_dir / "report.html")
+    out = write_report(study, Path(args.out) if args.out else spec.output_dir / "report.html", spec=spec)
     print(f"report → {out}")
     return 0
 

@@ -217,6 +217,7 @@ class Coordinator:
         self._waits = 0
         self._skipped = 0
         self._optuna_cpu_s = 0.0  # CPU time in Optuna's ask, sampler, report and tell (RunSummary)
+        self._constraints: Any = None  # constrained mode: search.constrained.ConstraintTracker
 
     # ------------------------------------------------------------------ study bookkeeping (single writer)
 
@@ -234,6 +235,10 @@ class Coordinator:
         self._beat()
         self.recover_orphans()
         self._enqueue_baselines()
+        if self.spec.objectives.constrained is not None:
+            from search.constrained import ConstraintTracker
+
+            self._constraints = ConstraintTracker(self.spec, self.study)
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             self._n_complete += 1
             if "recipe_id" in t.user_attrs:
@@ -843,6 +848,8 @@ class Coordinator:
         }
         self._view.flush({trial._trial_id: attrs})  # with the pruner's rung records, one transaction
         self._write_records(trial.number, r.records)
+        if self._constraints is not None:  # Optuna reads them at the tell (search.constrained)
+            self._constraints.at_tell(self.study, trial, r.baseline, scores, state == TrialState.COMPLETE)
         if state == TrialState.PRUNED:
             with self._optuna_time():
                 self.study.tell(trial, state=TrialState.PRUNED)

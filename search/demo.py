@@ -2,7 +2,8 @@
 
 Builds the toy world if it is not cached, runs ``studies/toy.toml`` (resuming if it already ran),
 promotes the best, exports its recipe (JSON and mergekit YAML), writes the report, and prints where each
-thing is and what the best recipe gained over the VLM alone.
+thing is and what the best recipe (the best on the held-out items once promoted) gained over the VLM
+alone, with its paired 95% interval.
 """
 
 from __future__ import annotations
@@ -51,23 +52,26 @@ def run_demo(
 ) -> dict:
     """Run the demo; returns the paths and numbers it printed."""
     from search.cli_study import run_study
-    from search.export import ExportError, export_recipe
+    from search.evidence import VLM_ALONE, StudyEvidence
+    from search.evidence_text import headline
+    from search.export import ExportError, export_recipe, write_provenance
     from search.report import write_report
     from search.storage import open_study
-    from search.trials import baseline_trials, ranked_trials, trial_attr
+    from search.trials import trial_attr
 
     console = console or Console()
     spec = demo_spec(size, workers, n_trials, output_dir)
     run_study(spec, console=console, promote=True)
     study = open_study(spec, create=False, with_sampler=False)
-    ranked = ranked_trials(study)
-    if not ranked:
+    ev = StudyEvidence(study, spec)
+    best, how = ev.answer()  # the best on the held-out items (search.evidence)
+    if best is None:
         raise MergesearchError(
             f"the demo study {spec.name!r} has no COMPLETE trial; see `mergesearch status`"
         )
-    best = ranked[0]
     out = spec.output_dir
     recipe_path = export_recipe(best.user_attrs["recipe"], out / "best_recipe.json", "json")
+    write_provenance(recipe_path, ev, best, how)
     try:
         yaml_path: Path | None = export_recipe(
             best.user_attrs["recipe"], out / "best_recipe.mergekit.yaml", "mergekit"
@@ -75,12 +79,11 @@ def run_demo(
     except ExportError as err:
         yaml_path = None
         console.print(f"mergekit YAML not written: {err}", highlight=False)
-    report_path = write_report(study, out / "report.html")
-    base = baseline_trials(study).get("vlm_alone")
+    report_path = write_report(study, out / "report.html", spec=spec)
     console.rule("demo results")
     console.print(f"study store:   {spec.storage}", highlight=False)
     console.print(
-        f"best recipe:   trial {best.number}, proxy score {best.value:.4f} → {recipe_path}",
+        f"best recipe:   trial {best.number} ({how}) → {recipe_path}",
         highlight=False,
         soft_wrap=True,
     )
@@ -91,17 +94,13 @@ def run_demo(
     promoted = out / "promoted"
     if promoted.exists():
         console.print(f"promoted:      {promoted}", highlight=False)
+    for line in headline(ev):  # scores with 95% intervals, paired gains over the baselines
+        console.print(line, highlight=False, soft_wrap=True)
     gain = None
-    if base is not None:
-        gain = best.value - base.value
-        console.print(
-            f"gain over the VLM alone (trial {base.number}, {base.value:.4f}): {100 * gain:+.1f} points on the proxy",
-            highlight=False,
-        )
-        for name, acc in (best.user_attrs.get("scores") or {}).items():
-            b = (base.user_attrs.get("scores") or {}).get(name)
-            if b is not None:
-                console.print(f"  {name}: {b:.3f} → {acc:.3f}", highlight=False)
+    vlm = ev.baselines.get(VLM_ALONE)
+    if vlm is not None:
+        _, g = ev.gains(best, vlm, ev.answer_scope())
+        gain = None if g is None else g.gain.value
     fe = trial_attr(study, best, "full_eval")
     if isinstance(fe, dict):
         console.print(f"full evaluation ({fe.get('label', fe.get('backend'))}):", highlight=False)

@@ -205,3 +205,55 @@ def export_recipe(
         }
         write_atomic(provenance_path(out), json.dumps(record, indent=2, sort_keys=True) + "\n")
     return write_atomic(out, text)
+
+
+def provenance(ev: Any, trial: Any, how: str) -> dict[str, Any]:
+    """Where an exported recipe comes from and what it scored: trial number, how it was chosen, its scores
+    with 95% intervals on the proxy, the full sets and the held-out items, and its paired gains over each
+    baseline there (``ev``: a :class:`search.evidence.StudyEvidence`; scopes without data are left out)."""
+    scores: dict[str, Any] = {}
+    gains: dict[str, Any] = {}
+    for scope in ("proxy", "full", "held_out"):
+        s = ev.scored(trial, scope)
+        if s.per_dataset:
+            scores[scope] = {
+                "per_dataset": {d: e.to_dict() for d, e in s.per_dataset.items()},
+                "weighted": s.weighted.to_dict() if s.weighted is not None else None,
+            }
+        for name, base in ev.baselines.items():
+            if base.number == trial.number:
+                continue
+            per, w = ev.gains(trial, base, scope)
+            if w is not None:
+                gains.setdefault(name, {})[scope] = {
+                    "weighted": w.to_dict(),
+                    "per_dataset": {d: g.to_dict() for d, g in per.items()},
+                }
+    return {
+        "study": ev.study.study_name,
+        "trial": trial.number,
+        "baseline": trial.user_attrs.get("baseline"),
+        "chosen": how,
+        "recipe_id": trial.user_attrs.get("recipe_id"),
+        "scores": scores,
+        "gains": gains,
+        "intervals": "95%: Wilson per dataset, bootstrap over items for weighted, paired bootstrap for gains; "
+        "p_value: exact McNemar",
+    }
+
+
+def trial_provenance(ev: Any, trial: Any, how: str) -> dict[str, Any]:
+    """Everything :func:`export_recipe` records beside a trial's recipe: :func:`provenance`, the trial's
+    objective values and the generation settings it was scored with (None for trials recorded before)."""
+    return {
+        **provenance(ev, trial, how),
+        "values": list(trial.values) if trial.values is not None else None,
+        "generation": trial.user_attrs.get("generation"),
+    }
+
+
+def write_provenance(recipe_path: Path, ev: Any, trial: Any, how: str) -> Path:
+    """:func:`trial_provenance` in :func:`provenance_path` beside an already exported recipe (the recipe
+    file itself stays the exact recipe, so it re-merges bit for bit)."""
+    record = {"schema": "mergesearch.provenance/v1", **trial_provenance(ev, trial, how)}
+    return write_atomic(provenance_path(recipe_path), json.dumps(record, indent=2, sort_keys=True) + "\n")

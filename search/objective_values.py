@@ -28,12 +28,17 @@ def weighted_value(scores: dict[str, float], weights: dict[str, float]) -> float
 
 
 def dataset_weights(spec: StudySpec, datasets: tuple[str, ...]) -> dict[str, float]:
-    """The study file's weight of each dataset (by its short name), in the workers' dataset order."""
+    """The study file's weight of each dataset (by its short name), in the workers' dataset order.
+    ``constrained`` mode: 1 for the maximised dataset, 0 for the others (they are constraints, not objective)."""
+    c = getattr(spec.objectives, "constrained", None)
+    if c is not None:
+        return {d: float(short_name(d) in c.targets) for d in datasets}
     return {d: spec.objectives.weight(short_name(d)) for d in datasets}
 
 
 def objective_values(scores: dict[str, float], spec: StudySpec, datasets: tuple[str, ...]) -> list[float]:
-    """``weighted``: [:func:`weighted_value`]; ``multi``: [acc_d per dataset]."""
+    """``weighted``: [:func:`weighted_value`]; ``multi``: [acc_d per dataset]; ``constrained``: [the
+    maximised dataset's accuracy] (:func:`dataset_weights`)."""
     if spec.objectives.mode == "multi":
         return [scores.get(d, 0.0) for d in datasets]  # complete after the last chunk; only then told
     return [weighted_value(scores, dataset_weights(spec, datasets))]

@@ -1,7 +1,8 @@
 """Promotion: the best trials of a study are merged to disk, evaluated in full, and the scores stored back.
 
 ``promote_study(spec)`` takes the K best COMPLETE trials (the Pareto front, at most K, for several
-objectives; :func:`search.trials.best_trials`), merges each recipe with ``merge_core.merge_to_disk`` into
+objectives; :func:`search.trials.best_trials`) and the study's baselines (the references of the paired
+full-set comparisons, :func:`reference_trials`), merges each recipe with ``merge_core.merge_to_disk`` into
 ``<output_dir>/promoted/<recipe_id>/`` (a complete earlier merge is reused), evaluates it with a full
 backend (``objectives.full_eval``: VLMEvalKit or the built-in scorer) in
 ``<output_dir>/full_eval/<backend>/<recipe_id>/``, and stores the result as the trial's ``full_eval``
@@ -121,6 +122,15 @@ def select_trials(study: optuna.Study, top_k: int) -> list[FrozenTrial]:
     return best_trials(study, top_k)
 
 
+def reference_trials(study: optuna.Study, chosen: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The study's COMPLETE baselines not already ``chosen``: evaluated in full too, so the promoted trials
+    are compared with them on the same full-set items (paired gains, held-out scores: search.evidence)."""
+    from search.trials import baseline_trials
+
+    have = {t.number for t in chosen}
+    return [t for t in baseline_trials(study).values() if t.number not in have]
+
+
 def promote_study(
     spec: StudySpec,
     *,
@@ -145,6 +155,7 @@ def promote_study(
     k = spec.promotion.top_k if top_k is None else top_k
     study = study or open_study(spec, create=False, with_sampler=False)
     trials = select_trials(study, k)
+    trials += reference_trials(study, trials)
     if not trials:
         raise PromotionError(
             f"study {spec.name!r} has no COMPLETE trial with a recipe to promote; run `mergesearch run` first"
@@ -222,29 +233,3 @@ def merge_checkpoint(recipe: Any, model_dir: Path, *, console: Any) -> Path:
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     console.print(f"merging {recipe.id} into {model_dir}")
     return Path(merge_to_disk(recipe, model_dir, overwrite=model_dir.exists(), progress=False))
-
-
-def results_table(results: Sequence[PromotionResult]) -> Any:
-    """A rich Table: trial, recipe, status, proxy value(s), full overall per dataset, backend; the
-    backends' labels (e.g. "rule-based, not comparable with published numbers") as its caption."""
-    from rich.table import Table
-
-    datasets: list[str] = []
-    labels: dict[str, str] = {}
-    for r in results:
-        fe = r.full_eval or {}
-        labels.setdefault(str(fe.get("backend", "-")), str(fe.get("label", "")))
-        for name in fe.get("per_dataset", {}):
-            if name not in datasets:
-                datasets.append(name)
-    table = Table(title="promotion (full evaluation, accuracy)")
-    table.caption = "; ".join(f"{name}: {label}" for name, label in labels.items())
-    for col in ("trial", "recipe", "status", "proxy", *datasets, "backend"):
-        table.add_column(col, no_wrap=col in ("trial", "recipe", "status"))
-    for r in results:
-        fe = r.full_eval or {}
-        per = fe.get("per_dataset", {})
-        cells = [f"{per[d]['overall']:.4f}" if d in per else "-" for d in datasets]
-        proxy = ", ".join(f"{v:.4f}" for v in r.values)
-        table.add_row(str(r.trial_number), r.recipe_id, r.status, proxy, *cells, str(fe.get("backend", "-")))
-    return table

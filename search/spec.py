@@ -26,6 +26,8 @@ Layout (all tables optional except ``[models]`` and ``[objectives]``)::
     proxy_size = 0                    # >0: sample a proxy of that size from each dataset first
     chunk_size = 25
     mode = "weighted"                 # or "multi" (one objective per dataset, Pareto front)
+                                      # or "constrained" (search/constrained.py), with
+    constrained = { maximize = "MathVision_PROXY200", baseline = "vlm_alone", within = 1.0 }
     weights = {MathVista_TOY_PROXY200 = 1.0}
     max_new_tokens = 32; batch_size = 8; limit = 0
     [objectives.generation]           # decoding settings; default: VLMEvalKit's (search/spec_generation.py)
@@ -54,7 +56,7 @@ from merge_core.errors import MergesearchError
 
 SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "random", "grid")
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
-MODES = ("weighted", "multi")
+MODES = ("weighted", "multi", "constrained")
 METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "layer_swap")
 COMPONENTS = ("attention", "mlp", "norm", "embed", "lm_head")
 SHAPES = ("constant", "linear", "loglinear", "step", "explicit")
@@ -109,6 +111,7 @@ class ObjectivesSpec:
     limit: int = 0  # >0: only the first `limit` items of each dataset (smoke tests)
     # [objectives.generation], validated by search.spec_generation: {"preset": ..., <field>: value}
     generation: dict[str, Any] = field(default_factory=dict)
+    constrained: Any = None  # mode "constrained": a search.constrained.ConstrainedSpec
 
     def weight(self, name: str) -> float:
         """The weight of dataset ``name`` (1.0 unless given)."""
@@ -434,6 +437,9 @@ def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
     if mode == "multi" and datasets and len(datasets) < 2:
         raise t.fail("mode", "is 'multi' but only one dataset is listed; use 'weighted' or list two datasets")
     generation = parse_generation(t, toy)
+    from search.constrained import parse_constrained
+
+    constrained = parse_constrained(t, mode, datasets)
     spec = ObjectivesSpec(
         datasets=datasets,
         data_dir=t.str_("data_dir"),
@@ -446,6 +452,7 @@ def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
         batch_size=t.int_("batch_size", 8, 1) or 8,
         limit=t.int_("limit", 0, 0) or 0,
         generation=generation,
+        constrained=constrained,
     )
     t.finish()
     return spec
@@ -648,6 +655,9 @@ def spec_from_dict(data: dict[str, Any], *, src: str = "<study>", base_dir: Path
     )
     root.finish()
     _check_budget(spec, src)
+    from search.constrained import check_study
+
+    check_study(spec, src)
     return spec
 
 

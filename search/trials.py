@@ -60,16 +60,28 @@ def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
 def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     """COMPLETE trials best first.
 
-    Single objective: by value in the study's direction (ties: lower trial number first).
+    Single objective: by value in the study's direction (ties: lower trial number first), infeasible
+    trials of a constrained study (:func:`infeasible_numbers`) after the feasible ones.
     Several objectives: the Pareto front first (each ranked by the mean of its values), then the rest
     by the same mean — every objective here is a maximized accuracy.
     """
     trials = complete_trials(study)
     if len(study.directions) == 1:
         sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
-        return sorted(trials, key=lambda t: (sign * float(t.value), t.number))
+        bad = infeasible_numbers(study, trials)
+        return sorted(trials, key=lambda t: (t.number in bad, sign * float(t.value), t.number))
     front = {t.number for t in pareto_front(study)}
     return sorted(trials, key=lambda t: (t.number not in front, -sum(t.values) / len(t.values), t.number))
+
+
+def infeasible_numbers(study: optuna.Study, trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of the trials whose constraint values (search.constrained) are not all <= 0."""
+    if not any(t.constraints for t in trials):  # not a constrained study (its baseline carries values)
+        return set()
+    from search.constrained import is_feasible, stored_constraints
+
+    post = study.user_attrs
+    return {t.number for t in trials if is_feasible(stored_constraints(study, t, post)) is False}
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:

@@ -54,6 +54,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from merge_core.errors import MergesearchError
+from search.baseline_points import enqueue_baselines, register_params
 from search.gate import RUNG_PREFIX, Gate, When, gates
 from search.objective_values import dataset_weights, objective_values, running_scores, short_name
 from search.progress import ProgressView, Tally
@@ -63,6 +64,7 @@ from search.space import SearchSpace
 from search.spec import StudySpec
 from search.storage import open_study, trials_read_once, write_trial_attrs
 from search.store_queue import StoreQueue
+from search.warm_start import add_warm_starts, added_count
 from search.worker import WorkerConfig, remote_worker_class
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -233,6 +235,11 @@ class Coordinator:
         self._beat()
         self.recover_orphans()
         self._enqueue_baselines()
+        for line in add_warm_starts(self.study, self.space, self.spec.warm_start):  # once per study
+            self.view.event(line)
+        if self.spec.warm_start and self.spec.n_trials is not None:  # n_trials counts this study's own
+            self.spec = self.spec.replace(n_trials=self.spec.n_trials + added_count(self.study))
+            self.tally.n_trials = self.spec.n_trials
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             self._n_complete += 1
             if "recipe_id" in t.user_attrs:
@@ -283,10 +290,7 @@ class Coordinator:
         if self.study.user_attrs.get("baselines_enqueued") or not self.spec.baselines:
             return
         self.study.set_user_attr("baselines_enqueued", [b.name for b in self.spec.baselines])
-        for b in self.spec.baselines:
-            self.study.enqueue_trial(
-                {}, user_attrs={"baseline": b.name, "recipe": self.space.baseline(b.fields)}
-            )
+        enqueue_baselines(self.study, self.space, self.spec.baselines)  # with params where in the space
 
     def _fail(self, number: int, reason: str) -> bool:
         """Tell FAIL with ``fail_reason``; False when another writer finished the trial first."""
@@ -377,6 +381,7 @@ class Coordinator:
                 baseline = trial.user_attrs.get("baseline")
                 if baseline:
                     recipe: dict[str, Any] = dict(trial.user_attrs["recipe"])
+                    register_params(self.space, trial)  # a point of the space: its params, for the sampler
                 else:
                     recipe = self.space.suggest(trial)
             self._last_counted += 1

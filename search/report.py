@@ -16,6 +16,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from search.export import write_atomic
+from search.known_points import report_html  # baselines the sampler learns from; warm starts
 from search.trials import counts_by_state, ranked_trials, trial_attr
 
 if TYPE_CHECKING:
@@ -149,6 +150,7 @@ table.trials td, table.trials th {{ border: 1px solid #ccc; padding: 2px 6px; ve
 <h1>{html.escape(title)}</h1>
 <p>Generated {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}. Trials: {", ".join(f"{k} {v}" for k, v in counts.items())}.
 Directions: {", ".join(d.name.lower() for d in study.directions)}.</p>
+{report_html(study)}
 <h2>Best</h2><ol>{best_html}</ol>
 {"".join(parts)}
 <h2>All trials</h2>

@@ -77,6 +77,10 @@ def make_pruner(spec: StudySpec, *, n_steps: int | None = None) -> optuna.pruner
             kw = {"min_resource": 1, "max_resource": n_steps or "auto", "reduction_factor": 3}
             kw.update(opts)
             return optuna.pruners.HyperbandPruner(**kw)
+        if name == "wilcoxon":
+            kw = {"p_threshold": 0.1, "n_startup_steps": 2}
+            kw.update(opts)
+            return optuna.pruners.WilcoxonPruner(**kw)
         if name == "none":
             return optuna.pruners.NopPruner()
     except (TypeError, ValueError) as err:  # an unknown keyword, or a value Optuna rejects

@@ -53,7 +53,7 @@ from merge_core.errors import MergesearchError
 from search.warm_start import WarmStart, parse_warm_start
 
 SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "random", "grid")
-PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "wilcoxon", "none")
 MODES = ("weighted", "multi")
 METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "layer_swap")
 COMPONENTS = ("attention", "mlp", "norm", "embed", "lm_head")

@@ -170,16 +170,16 @@ def _values(bits: dict[str, str], steps: list[list[tuple[str, int]]], spec, data
 def _item_values(bits, steps, spec, datasets) -> list[list[float]]:
     """Per step, each item's weighted correctness ``w_d / mean(w) · correct`` (its mean over a whole trial
     is the weighted objective when the datasets have equal item counts), in step order."""
+    from search.item_reports import item_value
     from search.objective_values import dataset_weights
 
     w = dataset_weights(spec, tuple(datasets))
-    mean_w = sum(w.values()) / len(w)
     at = {d: 0 for d in datasets}
     out = []
     for step in steps:
         row = []
         for d, k in step:
-            row.extend((w[d] / mean_w) * (b == "1") for b in bits[d][at[d] : at[d] + k])
+            row.extend(item_value({"dataset": d, "correct": b == "1"}, w) for b in bits[d][at[d] : at[d] + k])
             at[d] += k
         out.append(row)
     return out

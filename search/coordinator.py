@@ -56,6 +56,7 @@ from optuna.trial import FrozenTrial, TrialState
 from merge_core.errors import MergesearchError
 from search.baseline_points import enqueue_baselines, register_params
 from search.gate import RUNG_PREFIX, Gate, When, gates
+from search.item_reports import items_before, per_item, report_items
 from search.objective_values import dataset_weights, objective_values, running_scores, short_name
 from search.progress import ProgressView, Tally
 from search.prune_view import StudyView, local_decision
@@ -809,7 +810,11 @@ class Coordinator:
         """Store thread: ``trial.report(value, step)`` once per step (Optuna ignores a second report)."""
         if r.reported < step:
             with self._optuna_time():
-                r.trial.report(value, step)
+                if per_item(self.study.pruner):  # WilcoxonPruner: every item of the new steps (item_reports)
+                    first, last = items_before(self.steps, r.reported), items_before(self.steps, step)
+                    report_items(r.trial, r.records, first, last, dataset_weights(self.spec, self.datasets))
+                else:
+                    r.trial.report(value, step)
             r.reported = step
 
     def _tag_started(self, started: list[RunningTrial]) -> None:

@@ -18,6 +18,14 @@ replayed (one of them is the grid's best cell). Target (issue #6 §8): >= 30% fe
     .venv/bin/python benchmarks/search_pruning.py --sweep [--seeds 0 1 2 3 4 5 6 7 8 9]  # candidate table
     .venv/bin/python benchmarks/search_pruning.py --seed 1 --chunk-size 50 --budget 36   # another world, etc.
 
+The toy study's own space (its methods, components and schedules as studies/toy.toml lists them; every
+recipe scored item by item, once, benchmarks/space_replay.py), at the demo's budget, per pruner: items, best sampled, whether the
+trial that would have ended best or any trial within 2 points of the grid's best was pruned (issue #19
+§3, #17 §5), and real studies' items per second with Wilcoxon against successive halving:
+
+    .venv/bin/python benchmarks/search_pruning.py --real ["wilcoxon p<0.1" ...] [--budget 36]
+    .venv/bin/python benchmarks/search_pruning.py --throughput [--budget 36]
+
 The landscape of toy world seed 1 needs that world (`mergesearch toy build --size full --seed 1`).
 """
 
@@ -239,6 +247,45 @@ def real_space(
     return out
 
 
+def throughput(size: str, pruners: list[str], n_trials: int) -> None:
+    """Real toy studies (the coordinator, studies/toy.toml's 2 workers) with each pruner of
+    :data:`REAL_CANDIDATES`: proxy items scored per second of the dispatch loop, side by side in one run
+    (WilcoxonPruner decides on the coordinator after one store write per item; successive halving on the
+    workers, search.gate)."""
+    import dataclasses
+    import tempfile
+
+    from rich.console import Console
+    from space_replay import toy_spec
+
+    from search.cli_study import run_study
+    from search.storage import open_study
+
+    spec = toy_spec(size, n_trials=n_trials)
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in pruners:
+            name, opts = REAL_CANDIDATES[label]
+            d = Path(tmp) / label.replace(" ", "_")
+            sp = spec.replace(
+                output_dir=d, storage=f"sqlite:///{d / 'study.db'}",
+                pruner=dataclasses.replace(spec.pruner, name=name, options=opts),
+            )  # fmt: skip
+            summary = run_study(sp, console=Console(quiet=True), live=False, promote=False)
+            study = open_study(sp, create=False, with_sampler=False)
+            items = sum(int(t.user_attrs.get("n_items", 0)) for t in study.get_trials(deepcopy=False))
+            rates[label] = items / summary.loop_s
+            print(
+                f"{label:28s} {items} items in {summary.loop_s:.1f} s of loop ({summary.wall_s:.1f} s in all): "
+                f"{rates[label]:.0f} items/s; workers idle between calls "
+                f"{100 * summary.worker_idle_s / max(summary.worker_busy_s, 1e-9):.1f}% of busy",
+                flush=True,
+            )
+    first = pruners[0]
+    for label in pruners[1:]:
+        print(f"items/s {label} / {first}: {rates[label] / rates[first]:.2f}x")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="full", choices=("full", "ci"))
@@ -273,10 +320,21 @@ def main() -> int:
         nargs="*",
         default=None,
         metavar="PRUNER",
-        help="replay the toy study's own space (4 methods, components, schedules) instead of the grid, "
+        help="replay the toy study's own space (methods, components, schedules) instead of the grid, "
         f"at --budget trials (default 36), for these pruners (default all): {', '.join(REAL_CANDIDATES)}",
     )
+    p.add_argument(
+        "--throughput",
+        nargs="*",
+        default=None,
+        metavar="PRUNER",
+        help="real toy studies at --budget trials (default 36) with these pruners (default: successive halving "
+        "(1, 3) and wilcoxon p<0.1): items per second of the coordinator's loop",
+    )
     a = p.parse_args()
+    if a.throughput is not None:
+        throughput(a.size, a.throughput or ["successive_halving (1, 3)", "wilcoxon p<0.1"], a.budget or 36)
+        return 0
     if a.real is not None:
         real_space(a.size, a.seeds, a.budget or 36, a.real or list(REAL_CANDIDATES))
         return 0

@@ -8,6 +8,14 @@ a COMPLETE recipe's result), so the budget counts distinct evaluations. Target (
 the grid's best within 25% of the grid's evaluations (13 of 49), median of 5 seeds.
 
     .venv/bin/python benchmarks/search_efficiency.py [--size full] [--seeds 0 1 2 3 4]
+
+The demo's own search (issue #19 §4): the toy study as ``make demo`` runs it (its whole space, its
+baselines, sampler and pruner; 36 trials) with sampler seeds 0-4. Per seed: the best sampled (not enqueued)
+COMPLETE trial, the best baseline, and the grid's best cell on this world (scored the same way); target: a
+sampled recipe within 2 points of the grid's best in >= 4 of 5 seeds.
+
+    .venv/bin/python benchmarks/search_efficiency.py --demo            # replayed, one worker (space_replay)
+    .venv/bin/python benchmarks/search_efficiency.py --demo --runs     # real studies: coordinator, 2 workers
 """
 
 from __future__ import annotations
@@ -55,8 +63,90 @@ def evals_to_best(cells: dict, sampler: str, seed: int, startup: int, cap: int =
     return len(seen)
 
 
+NEAR = 0.02  # "within 2 points of the grid's best"
+
+
+def demo_seed(spec, seed: int, bank, runs: bool, out: Path) -> tuple[float, float, float, str]:
+    """(best sampled, best baseline, VLM alone, the best sampled recipe) of the toy study with sampler
+    ``seed``: replayed on the bank, or (``runs``) a real study with the demo's workers."""
+    import dataclasses
+
+    from search.coordinator import _describe
+
+    sp = spec.replace(sampler=dataclasses.replace(spec.sampler, seed=seed))
+    if not runs:
+        from space_replay import replay
+
+        r = replay(sp, bank, n_trials=sp.n_trials)
+        bs, bb = r.best_sampled(), r.best_baseline()
+        ref = next(t.full_value for t in r.trials if t.baseline == "vlm_alone")
+        return bs.full_value, bb.full_value, ref, _describe(bs.recipe)
+    import shutil
+
+    from rich.console import Console
+
+    from search.cli_study import run_study
+    from search.demo_summary import best_baseline, best_searched
+    from search.storage import open_study
+    from search.trials import baseline_trials
+
+    d = out / f"demo_seed{seed}"
+    shutil.rmtree(d, ignore_errors=True)
+    sp = sp.replace(output_dir=d, storage=f"sqlite:///{d / 'study.db'}")
+    run_study(sp, console=Console(quiet=True), live=False, promote=False)
+    study = open_study(sp, create=False, with_sampler=False)
+    bs, bb = best_searched(study), best_baseline(study)
+    ref = baseline_trials(study)["vlm_alone"].value
+    return bs.value, bb.value, ref, _describe(bs.user_attrs["recipe"])
+
+
+def demo(size: str, seeds: list[int], runs: bool, n_trials: int | None) -> int:
+    """Issue #19 §4 (see the module docstring): per seed and the count."""
+    import tempfile
+    import time
+
+    from space_replay import CellBank, grid_best, toy_spec
+
+    spec = toy_spec(size)
+    if n_trials:
+        spec = spec.replace(n_trials=n_trials)
+    bank = CellBank(spec)
+    target, cell = grid_best(spec, bank)
+    bank.save()
+    how = f"real studies, {spec.workers} workers" if runs else "replayed, 1 worker"
+    print(
+        f"toy study ({how}), {spec.n_trials} trials, sampler {spec.sampler.name} {spec.sampler.options}, "
+        f"pruner {spec.pruner.name} {spec.pruner.options}; world {bank.fingerprint[:12]}; grid best "
+        f"{target:.4f} (task_arithmetic {cell['vlm_weight']}, {cell['llm_weight']})"
+    )
+    hits = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in seeds:
+            t0 = time.perf_counter()
+            best, base, ref, what = demo_seed(spec, s, bank, runs, Path(tmp))
+            hit = best >= target - NEAR - 1e-12
+            hits += hit
+            print(
+                f"seed {s}: best sampled {best:.4f} ({what}) | best baseline {base:.4f} | sampled - baseline "
+                f"{100 * (best - base):+.1f} pts | sampled - grid best {100 * (best - target):+.1f} pts "
+                f"{'(within 2)' if hit else ''} | over the VLM alone {100 * (best - ref):+.1f} pts "
+                f"[{time.perf_counter() - t0:.0f} s]",
+                flush=True,
+            )
+    bank.save()
+    need = -(-4 * len(seeds) // 5)
+    print(
+        f"a sampled recipe within 2 points of the grid's best in {hits}/{len(seeds)} seeds "
+        f"(target >= {need}): {'PASS' if hits >= need else 'FAIL'}"
+    )
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--demo", action="store_true", help="the demo's own search (issue #19 §4), see above")
+    p.add_argument("--runs", action="store_true", help="with --demo: real studies instead of the replay")
+    p.add_argument("--n-trials", type=int, default=None, help="with --demo: another budget than toy.toml's")
     p.add_argument("--size", default="full", choices=("full", "ci"))
     p.add_argument("--seed", type=int, default=0, help="toy world seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="sampler seeds")
@@ -65,6 +155,8 @@ def main() -> int:
         "--startup", type=int, default=8, help="TPE random start-up trials (the product default: 8)"
     )
     a = p.parse_args()
+    if a.demo:
+        return demo(a.size, a.seeds, a.runs, a.n_trials)
     land = load_or_build(a.out, a.size, a.seed)
     cells = land["cells"]
     budget = math.ceil(0.25 * len(cells))

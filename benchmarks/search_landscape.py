@@ -30,8 +30,23 @@ STEPS = [round(0.25 * i, 2) for i in range(7)]
 FORMAT = "mergesearch.search_landscape/v2"  # v1 (per-chunk counts only) cannot be regrouped into steps
 
 
-def landscape_path(out: str | Path, size: str, seed: int) -> Path:
-    return Path(out) / f"search_landscape_v2_{size}_seed{seed}.json"
+def landscape_path(out: str | Path, size: str, seed: int, fingerprint: str | None = None) -> Path:
+    """The landscape's JSON file; with the toy world's weights fingerprint, the one built on that world."""
+    tail = f"_{fingerprint[:12]}" if fingerprint else ""
+    return Path(out) / f"search_landscape_v2_{size}_seed{seed}{tail}.json"
+
+
+def local_fingerprint(size: str, seed: int) -> str | None:
+    """The weights fingerprint of this machine's toy world (``objectives.toy.fingerprint``), None when it is
+    not built: a landscape scored on another machine's world (float training differs across CPUs) is not
+    this machine's landscape."""
+    from objectives.toy.build import ToyWorld, world_dir
+    from objectives.toy.fingerprint import world_identity
+
+    root = world_dir(seed, size)
+    if not (root / "toy_world.json").is_file():
+        return None
+    return world_identity(ToyWorld.load(root))["fingerprint"]
 
 
 def cell_key(a1: float, a2: float) -> str:
@@ -206,14 +221,19 @@ def load_or_build(
 ) -> dict:
     """The cached landscape JSON (format :data:`FORMAT`), evaluated first if absent or of another format
     (written atomically). Defaults match studies/toy.toml: chunk_size 25, batch_size 25, 24 new tokens."""
-    path = landscape_path(out, size, seed)
-    if path.is_file():
-        res = json.loads(path.read_text())
-        if res.get("format") == FORMAT:
-            return res
+    local = local_fingerprint(size, seed)
+    # this world's own landscape first; the plain name (e.g. the committed one) only when it records this
+    # world's fingerprint, or when no world is built here to compare with
+    for path in ([landscape_path(out, size, seed, local)] if local else []) + [landscape_path(out, size, seed)]:
+        if path.is_file():
+            res = json.loads(path.read_text())
+            if res.get("format") == FORMAT and (local is None or res.get("fingerprint") == local):
+                return res
+    path = landscape_path(out, size, seed, local)
     opts = {"chunk_size": 25, "max_new_tokens": 24, "batch_size": 25, "threads": 1, "verbose": False}
     opts.update(kw)
     res = evaluate(size, seed, **opts)
+    res["fingerprint"] = local_fingerprint(size, seed)  # built now, if it was not
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(res, indent=1) + "\n")

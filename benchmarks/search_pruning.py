@@ -18,6 +18,14 @@ replayed (one of them is the grid's best cell). Target (issue #6 §8): >= 30% fe
     .venv/bin/python benchmarks/search_pruning.py --sweep [--seeds 0 1 2 3 4 5 6 7 8 9]  # candidate table
     .venv/bin/python benchmarks/search_pruning.py --seed 1 --chunk-size 50 --budget 36   # another world, etc.
 
+The toy study's own space (its methods, components and schedules as studies/toy.toml lists them; every
+recipe scored item by item, once, benchmarks/space_replay.py), at the demo's budget, per pruner: items, best sampled, whether the
+trial that would have ended best or any trial within 2 points of the grid's best was pruned (issue #19
+§3, #17 §5), and real studies' items per second with Wilcoxon against successive halving:
+
+    .venv/bin/python benchmarks/search_pruning.py --real ["wilcoxon p<0.1" ...] [--budget 36]
+    .venv/bin/python benchmarks/search_pruning.py --throughput [--budget 36]
+
 The landscape of toy world seed 1 needs that world (`mergesearch toy build --size full --seed 1`).
 """
 
@@ -169,6 +177,115 @@ def compare(
     }
 
 
+REAL_CANDIDATES: dict[str, tuple[str, dict]] = {
+    "none": ("none", {}),
+    "successive_halving (1, 3)": ("successive_halving", {"min_resource": 1, "reduction_factor": 3}),
+    "successive_halving (1, 2)": ("successive_halving", {"min_resource": 1, "reduction_factor": 2}),
+    "successive_halving (2, 2)": ("successive_halving", {"min_resource": 2, "reduction_factor": 2}),
+    "successive_halving (3, 3)": ("successive_halving", {"min_resource": 3, "reduction_factor": 3}),
+    "wilcoxon p<0.1": ("wilcoxon", {"p_threshold": 0.1}),
+    "wilcoxon p<0.05": ("wilcoxon", {"p_threshold": 0.05}),
+    "wilcoxon p<0.01": ("wilcoxon", {"p_threshold": 0.01}),
+}
+
+
+def real_space(
+    size: str, seeds: list[int], n_trials: int, labels: list[str], near: float = 0.02
+) -> dict[str, list[dict[str, Any]]]:
+    """The toy study's own space (benchmarks/space_replay.py: every recipe scored item by item, once), per
+    pruner and sampler seed: items spent, the best sampled COMPLETE value, whether the trial that would have
+    ended best (by its full score) was pruned, whether any trial within ``near`` of the grid's best was
+    pruned, and the items spent until the first COMPLETE sampled trial within ``near`` of the grid's best."""
+    import dataclasses
+
+    from space_replay import CellBank, grid_best, replay, toy_spec
+
+    spec = toy_spec(size)
+    bank = CellBank(spec)
+    target = grid_best(spec, bank)[0]
+    print(f"toy study's space, world fingerprint {bank.fingerprint[:12]}: grid best {target:.4f}; "
+          f"{n_trials} trials per study; sampler seeds {seeds}")  # fmt: skip
+    out: dict[str, list[dict[str, Any]]] = {}
+    for label in labels:
+        name, opts = REAL_CANDIDATES[label]
+        rows = []
+        for s in seeds:
+            sp = spec.replace(
+                sampler=dataclasses.replace(spec.sampler, seed=s),
+                pruner=dataclasses.replace(spec.pruner, name=name, options=opts),
+            )
+            r = replay(sp, bank, n_trials=n_trials, per_item=name == "wilcoxon")
+            winner = max(r.trials, key=lambda t: t.full_value)
+            spent, reach = 0, None
+            for t in r.trials:
+                spent += t.items
+                if reach is None and t.baseline is None and t.state != "PRUNED" and t.full_value >= target - near:
+                    reach = spent
+            bs = r.best_sampled()
+            rows.append(
+                {
+                    "seed": s,
+                    "items": r.items,
+                    "best_sampled": bs.full_value if bs else float("nan"),
+                    "winner_pruned": winner.state == "PRUNED",
+                    "near_pruned": sum(t.state == "PRUNED" and t.full_value >= target - near for t in r.trials),
+                    "n_pruned": sum(t.state == "PRUNED" for t in r.trials),
+                    "items_to_near": reach,
+                }
+            )
+        bank.save()
+        out[label] = rows
+        print(
+            f"{label:28s} items median {statistics.median(x['items'] for x in rows):6.0f} | best sampled "
+            + " ".join(f"{x['best_sampled']:.4f}" for x in rows)
+            + f" | within {100 * near:.0f} pts of the grid best {sum(x['best_sampled'] >= target - near for x in rows)}/{len(rows)}"
+            + f" | winner pruned {sum(x['winner_pruned'] for x in rows)}/{len(rows)}"
+            + f" | a near-best trial pruned {sum(x['near_pruned'] > 0 for x in rows)}/{len(rows)}"
+            + f" | pruned trials {[x['n_pruned'] for x in rows]} | items to a near-best {[x['items_to_near'] for x in rows]}",
+            flush=True,
+        )
+    return out
+
+
+def throughput(size: str, pruners: list[str], n_trials: int) -> None:
+    """Real toy studies (the coordinator, studies/toy.toml's 2 workers) with each pruner of
+    :data:`REAL_CANDIDATES`: proxy items scored per second of the dispatch loop, side by side in one run
+    (WilcoxonPruner decides on the coordinator after one store write per item; successive halving on the
+    workers, search.gate)."""
+    import dataclasses
+    import tempfile
+
+    from rich.console import Console
+    from space_replay import toy_spec
+
+    from search.cli_study import run_study
+    from search.storage import open_study
+
+    spec = toy_spec(size, n_trials=n_trials)
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in pruners:
+            name, opts = REAL_CANDIDATES[label]
+            d = Path(tmp) / label.replace(" ", "_")
+            sp = spec.replace(
+                output_dir=d, storage=f"sqlite:///{d / 'study.db'}",
+                pruner=dataclasses.replace(spec.pruner, name=name, options=opts),
+            )  # fmt: skip
+            summary = run_study(sp, console=Console(quiet=True), live=False, promote=False)
+            study = open_study(sp, create=False, with_sampler=False)
+            items = sum(int(t.user_attrs.get("n_items", 0)) for t in study.get_trials(deepcopy=False))
+            rates[label] = items / summary.loop_s
+            print(
+                f"{label:28s} {items} items in {summary.loop_s:.1f} s of loop ({summary.wall_s:.1f} s in all): "
+                f"{rates[label]:.0f} items/s; workers idle between calls "
+                f"{100 * summary.worker_idle_s / max(summary.worker_busy_s, 1e-9):.1f}% of busy",
+                flush=True,
+            )
+    first = pruners[0]
+    for label in pruners[1:]:
+        print(f"items/s {label} / {first}: {rates[label] / rates[first]:.2f}x")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="full", choices=("full", "ci"))
@@ -198,7 +315,29 @@ def main() -> int:
     )
     p.add_argument("--json", default=None, help="with --sweep: also write the results to this JSON file")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument(
+        "--real",
+        nargs="*",
+        default=None,
+        metavar="PRUNER",
+        help="replay the toy study's own space (methods, components, schedules) instead of the grid, "
+        f"at --budget trials (default 36), for these pruners (default all): {', '.join(REAL_CANDIDATES)}",
+    )
+    p.add_argument(
+        "--throughput",
+        nargs="*",
+        default=None,
+        metavar="PRUNER",
+        help="real toy studies at --budget trials (default 36) with these pruners (default: successive halving "
+        "(1, 3) and wilcoxon p<0.1): items per second of the coordinator's loop",
+    )
     a = p.parse_args()
+    if a.throughput is not None:
+        throughput(a.size, a.throughput or ["successive_halving (1, 3)", "wilcoxon p<0.1"], a.budget or 36)
+        return 0
+    if a.real is not None:
+        real_space(a.size, a.seeds, a.budget or 36, a.real or list(REAL_CANDIDATES))
+        return 0
     land = load_or_build(a.out, a.size, a.seed)
     if a.chunk_size is None:
         from search.spec import load_spec

@@ -171,6 +171,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(
             f"baseline {name}: trial {t.number} " + ", ".join(f"{v:.4f}" for v in t.values), highlight=False
         )
+    from search.known_points import status_lines  # baselines the sampler learns from; warm starts
+
+    for line in status_lines(study):
+        console.print(line, highlight=False, soft_wrap=True)
     return 0
 
 

@@ -54,7 +54,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from merge_core.errors import MergesearchError
+from search.baseline_points import enqueue_baselines, register_params
 from search.gate import RUNG_PREFIX, Gate, When, gates
+from search.item_reports import items_before, per_item, report_items
 from search.objective_values import dataset_weights, objective_values, running_scores, short_name
 from search.progress import ProgressView, Tally
 from search.prune_view import StudyView, local_decision
@@ -63,6 +65,7 @@ from search.space import SearchSpace
 from search.spec import StudySpec, merge_components
 from search.storage import open_study, trials_read_once, write_trial_attrs
 from search.store_queue import StoreQueue
+from search.warm_start import add_warm_starts, added_count
 from search.worker import WorkerConfig, remote_worker_class
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -239,6 +242,11 @@ class Coordinator:
             from search.constrained import ConstraintTracker
 
             self._constraints = ConstraintTracker(self.spec, self.study)
+        for line in add_warm_starts(self.study, self.space, self.spec.warm_start):  # once per study
+            self.view.event(line)
+        if self.spec.warm_start and self.spec.n_trials is not None:  # n_trials counts this study's own
+            self.spec = self.spec.replace(n_trials=self.spec.n_trials + added_count(self.study))
+            self.tally.n_trials = self.spec.n_trials
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             self._n_complete += 1
             if "recipe_id" in t.user_attrs:
@@ -289,10 +297,7 @@ class Coordinator:
         if self.study.user_attrs.get("baselines_enqueued") or not self.spec.baselines:
             return
         self.study.set_user_attr("baselines_enqueued", [b.name for b in self.spec.baselines])
-        for b in self.spec.baselines:
-            self.study.enqueue_trial(
-                {}, user_attrs={"baseline": b.name, "recipe": self.space.baseline(b.fields)}
-            )
+        enqueue_baselines(self.study, self.space, self.spec.baselines)  # with params where in the space
 
     def _fail(self, number: int, reason: str) -> bool:
         """Tell FAIL with ``fail_reason``; False when another writer finished the trial first."""
@@ -383,6 +388,7 @@ class Coordinator:
                 baseline = trial.user_attrs.get("baseline")
                 if baseline:
                     recipe: dict[str, Any] = dict(trial.user_attrs["recipe"])
+                    register_params(self.space, trial)  # a point of the space: its params, for the sampler
                 else:
                     recipe = self.space.suggest(trial)
             self._last_counted += 1
@@ -818,7 +824,11 @@ class Coordinator:
         """Store thread: ``trial.report(value, step)`` once per step (Optuna ignores a second report)."""
         if r.reported < step:
             with self._optuna_time():
-                r.trial.report(value, step)
+                if per_item(self.study.pruner):  # WilcoxonPruner: every item of the new steps (item_reports)
+                    first, last = items_before(self.steps, r.reported), items_before(self.steps, step)
+                    report_items(r.trial, r.records, first, last, dataset_weights(self.spec, self.datasets))
+                else:
+                    r.trial.report(value, step)
             r.reported = step
 
     def _tag_started(self, started: list[RunningTrial]) -> None:

@@ -101,6 +101,13 @@ def run_demo(
     if vlm is not None:
         _, g = ev.gains(best, vlm, ev.answer_scope())
         gain = None if g is None else g.gain.value
+    # the best baseline against the best recipe the search itself proposed; the toy world's identity
+    from search.demo_summary import best_lines, best_searched, world_line
+
+    for line in [*best_lines(study, ev), world_line(spec)]:
+        if line:
+            console.print(line, highlight=False, soft_wrap=True)
+    searched = best_searched(study)
     fe = trial_attr(study, best, "full_eval")
     if isinstance(fe, dict):
         console.print(f"full evaluation ({fe.get('label', fe.get('backend'))}):", highlight=False)
@@ -114,4 +121,7 @@ def run_demo(
     console.print(
         f"re-merge it:   mergesearch merge {recipe_path} --out {out / 'best_model'}", highlight=False
     )
-    return {"best": best.number, "gain": gain, "recipe": recipe_path, "report": report_path}
+    return {
+        "best": best.number, "gain": gain, "recipe": recipe_path, "report": report_path,
+        "best_searched": searched.number if searched else None,
+    }  # fmt: skip

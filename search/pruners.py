@@ -25,6 +25,10 @@ the weighted mean over datasets of running accuracy, an unbiased estimate of the
   points), though their rung values count.
 * ``hyperband``: ``min_resource=1``, ``max_resource`` = the number of steps when known,
   ``reduction_factor=3``.
+* ``wilcoxon``: Optuna's WilcoxonPruner — after each step, a one-sided Wilcoxon signed-rank test of the
+  trial's per-item results against the best trial's on the same items; stop at ``p < p_threshold``
+  (default 0.1, ``n_startup_steps=2``). Fed per item by the coordinator (search.item_reports: one
+  ``trial.report`` per item at its index), decided on the coordinator through the store.
 * ``none``: never prune (and the only choice for several objectives).
 ``[pruner] options`` override these as keyword arguments; one Optuna rejects is a StudySpecError naming
 ``pruner.options``.
@@ -77,6 +81,10 @@ def make_pruner(spec: StudySpec, *, n_steps: int | None = None) -> optuna.pruner
             kw = {"min_resource": 1, "max_resource": n_steps or "auto", "reduction_factor": 3}
             kw.update(opts)
             return optuna.pruners.HyperbandPruner(**kw)
+        if name == "wilcoxon":
+            kw = {"p_threshold": 0.1, "n_startup_steps": 2}
+            kw.update(opts)
+            return optuna.pruners.WilcoxonPruner(**kw)
         if name == "none":
             return optuna.pruners.NopPruner()
     except (TypeError, ValueError) as err:  # an unknown keyword, or a value Optuna rejects

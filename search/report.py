@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from search.evidence import StudyEvidence
 from search.export import write_atomic
+from search.known_points import report_html  # baselines the sampler learns from; warm starts
 from search.trials import complete_trials, counts_by_state, ranked_trials, trial_attr
 
 if TYPE_CHECKING:
@@ -189,6 +190,7 @@ ul.answer li {{ margin: 2px 0; }} pre.rank {{ font-size: 12px; }}
 <p>Generated {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}. Trials: {", ".join(f"{k} {v}" for k, v in counts.items())}.
 Directions: {", ".join(d.name.lower() for d in study.directions)}.</p>
 <h2>Answer</h2>{answer}
+{report_html(study)}
 <h2>Best recipes (proxy ranking)</h2>{best_html}
 {"".join(parts)}
 <h2>All trials</h2>

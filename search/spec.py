@@ -14,6 +14,7 @@ Layout (all tables optional except ``[models]`` and ``[objectives]``)::
     timeout = "2h"                    # seconds, or "90m" / "2h"
     workers = 2                       # Ray actors (one per GPU when GPUs exist)
     seed = 0
+    warm_start = [{ storage = "sqlite:///runs/a/study.db", study = "a" }]   # known points (search.warm_start)
 
     [models]                          # paths / hub ids; or toy = {seed = 0, size = "full"}
     vlm = "..."; llm = "..."; base = "..."
@@ -53,9 +54,10 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from merge_core.errors import MergesearchError
+from search.warm_start import WarmStart, parse_warm_start
 
 SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "random", "grid")
-PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "wilcoxon", "none")
 MODES = ("weighted", "multi", "constrained")
 METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "layer_swap")
 COMPONENTS = ("attention", "mlp", "norm", "embed", "lm_head")
@@ -222,6 +224,7 @@ class StudySpec:
     seed: int = 0
     max_retries: int = 2
     path: Path | None = None
+    warm_start: tuple[WarmStart, ...] = ()  # other studies' COMPLETE trials as known points (search.warm_start)
 
     @property
     def directions(self) -> list[str]:
@@ -652,6 +655,7 @@ def spec_from_dict(data: dict[str, Any], *, src: str = "<study>", base_dir: Path
         output_dir=output_dir,
         seed=root.int_("seed", 0, 0) or 0,
         max_retries=root.int_("max_retries", 2, 0) or 0,
+        warm_start=parse_warm_start(root.get("warm_start"), src),
     )
     root.finish()
     _check_budget(spec, src)

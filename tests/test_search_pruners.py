@@ -132,7 +132,7 @@ def test_make_pruner_bad_options(pruner):
 
 
 def test_spec_pruner_names():
-    for name in ("median", "percentile", "successive_halving", "hyperband", "none"):
+    for name in ("median", "percentile", "successive_halving", "hyperband", "wilcoxon", "none"):
         assert _spec({"name": name}).pruner.name == name
     with pytest.raises(StudySpecError, match=r"pruner\.name"):
         _spec({"name": "wilcoxon_typo"})
@@ -187,3 +187,39 @@ def test_reports_step_writes_what_a_later_decision_reads():
     med = make_pruner(_spec({"name": "median"}))
     assert all(reports_step(med, s, 0) for s in range(1, 8))  # even before it decides anything
     assert not any(reports_step(make_pruner(_spec({"name": "none"})), s, 9) for s in range(1, 8))
+
+
+def test_wilcoxon_pruner_choice_and_per_item_reports(tmp_path):
+    """``[pruner] name = "wilcoxon"``: Optuna's WilcoxonPruner; the coordinator reports every item of the
+    steps done at its index (weighted correctness), and the pruner pairs them with the best trial's."""
+    from search.coordinator import Coordinator
+    from search.resolve import Resolved
+
+    w = make_pruner(_spec({"name": "wilcoxon", "options": {"p_threshold": 0.05}}), n_steps=4)
+    assert type(w) is optuna.pruners.WilcoxonPruner and w._p_threshold == 0.05
+    assert make_pruner(_spec({"name": "wilcoxon"}))._n_startup_steps == 2
+    with pytest.raises(StudySpecError, match=r"pruner\.options"):
+        make_pruner(_spec({"name": "wilcoxon", "options": {"bogus": 1}}))
+    spec = spec_from_dict(
+        {
+            "name": "w",
+            "storage": f"sqlite:///{tmp_path}/w.db",
+            "output_dir": str(tmp_path / "out"),
+            "n_trials": 5,
+            "models": {"vlm": "org/vlm", "llm": "org/llm", "base": "org/base"},
+            "objectives": {"datasets": ["A", "B"], "weights": {"A": 3.0, "B": 1.0}},
+            "pruner": {"name": "wilcoxon"},
+        }
+    )
+    c = Coordinator(spec, Resolved("/m/v", "/m/l", "/m/b", ("A", "B"), None), live=False)
+    c.open()
+    c.steps, c.datasets = [[["A", 2], ["B", 1]], [["A", 2], ["B", 1]]], ("A", "B")
+    r = c._new_trial()
+    assert r is not None
+    r.records = [{"dataset": d, "correct": ok} for d, ok in [("A", 1), ("A", 0), ("B", 1), ("A", 1)]]
+    c._report(r, 1, 0.0)  # step 1: its 3 items
+    # weights 3 and 1, mean 2: a correct A item counts 1.5, a correct B item 0.5
+    assert c.study.trials[r.trial.number].intermediate_values == {0: 1.5, 1: 0.0, 2: 0.5}
+    r.records += [{"dataset": "A", "correct": 0}, {"dataset": "B", "correct": 1}]
+    c._report(r, 2, 0.0)
+    assert c.study.trials[r.trial.number].intermediate_values == {0: 1.5, 1: 0.0, 2: 0.5, 3: 1.5, 4: 0.0, 5: 0.5}

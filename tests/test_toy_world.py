@@ -74,6 +74,24 @@ def test_same_seed_gives_identical_files(tmp_path):
     assert "vlm/model.safetensors" in da and len(da) >= 10
     assert da == db
     assert dc["vlm/model.safetensors"] != da["vlm/model.safetensors"]
+    # the manifest names the machine and torch that trained it, and the weights' fingerprint
+    meta = json.loads((a.root / "toy_world.json").read_text())
+    assert meta["machine"]["torch"] == torch.__version__ and meta["machine"]["cpu"]
+    assert meta["fingerprint"] == _fingerprint_by_hand(a.root)
+    assert b.info["fingerprint"] == meta["fingerprint"] != c.info["fingerprint"]
+
+
+def _fingerprint_by_hand(root: Path) -> str:
+    """sha256 over base, llm, vlm tensors in name order: name, dtype, shape, raw bytes (an independent
+    reading through safetensors.torch.load_file)."""
+    h = hashlib.sha256()
+    for sub in ("base", "llm", "vlm"):
+        tensors = load_file(str(root / sub / "model.safetensors"))
+        for name in sorted(tensors):
+            t = tensors[name]
+            h.update(f"{sub}/{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(bytes(t.contiguous().view(torch.uint8).flatten().tolist()))
+    return h.hexdigest()
 
 
 def _load(world):

@@ -30,6 +30,7 @@ from torch import nn
 
 from merge_core.errors import MergesearchError
 from objectives.toy import bench_data, tasks
+from objectives.toy.fingerprint import machine_info, weights_fingerprint
 from objectives.toy.models import new_base, new_vlm_from_base
 from objectives.toy.render import BLANK, render_many
 from objectives.toy.sizes import SIZES, ToySize
@@ -262,6 +263,8 @@ def _build(tmp: Path, seed: int, sz: ToySize, size: str, progress: bool) -> None
         "held_out_triples": [list(t) for t in held_out],
         "final_train_loss": losses,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "machine": machine_info(),  # the same seed trains other floats on another CPU (toy.fingerprint)
+        "fingerprint": weights_fingerprint(tmp),
     }
     (tmp / MANIFEST).write_text(json.dumps(meta, indent=1) + "\n")
 

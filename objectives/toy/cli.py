@@ -43,4 +43,7 @@ def _build(args: argparse.Namespace) -> int:
     )
     print(f"  vlm  {world.vlm}\n  llm  {world.llm}\n  base {world.base}")
     print(f"  LMUData {world.data_dir}: {', '.join(world.datasets + world.proxy_datasets)}")
+    from objectives.toy.fingerprint import identity_line
+
+    print(f"  {identity_line(world)}")
     return 0

@@ -223,11 +223,15 @@ def test_cuda_resident_matches_cpu(tmp_path_factory):
     trio = cached_trio(tmp_path_factory, "qwen2_vl")
     cpu = ResidentMerger(str(trio.vlm), str(trio.llm), str(trio.base))
     gpu = ResidentMerger(str(trio.vlm), str(trio.llm), str(trio.base), device="cuda")
+    streamed = ResidentMerger(str(trio.vlm), str(trio.llm), str(trio.base), device="cuda", sources="host")
     for d in RECIPES:
         recipe = recipe_for(trio, d)
         cpu.apply(recipe)
         gpu.apply(recipe)
+        streamed.apply(recipe)  # pinned buffers, side stream, events: the same bits as the device tier
         g = params(gpu.model)
+        for k, v in params(streamed.model).items():
+            assert torch.equal(v, g[k]), (d["method"], k)
         for k, v in params(cpu.model).items():
             # DARE masks are drawn on the CPU, top-k is exact: differences are rounding only
             torch.testing.assert_close(g[k].cpu(), v, rtol=1e-5, atol=1e-6, msg=f"{d['method']} {k}")

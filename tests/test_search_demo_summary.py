@@ -28,12 +28,14 @@ def test_demo_prints_best_baseline_and_best_searched_recipe(toy_world_ci, tmp_pa
     best_base = max(bases, key=lambda t: (t.value, -t.number))
     (line,) = [x for x in text.splitlines() if x.startswith("best baseline:")]
     assert f"trial {best_base.number} ({best_base.user_attrs['baseline']}): proxy {best_base.value:.4f}" in line
-    assert f"{100 * (best_base.value - ref):+.1f} points over the VLM alone" in line
+    # the gain is paired on the same items: its point estimate is the difference of the two proxy scores
+    assert f"{100 * (best_base.value - ref):+.1f} [" in line and "over the VLM alone (paired, 95%)" in line
     (line,) = [x for x in text.splitlines() if x.startswith("best found by the search:")]
     if sampled:
         best = max(sampled, key=lambda t: (t.value, -t.number))
         assert f"trial {best.number} ({best.user_attrs['recipe']['method']}" in line
-        assert f"proxy {best.value:.4f}, {100 * (best.value - ref):+.1f} points over the VLM alone" in line
+        assert f"proxy {best.value:.4f}, {100 * (best.value - ref):+.1f} [" in line
+        assert "over the VLM alone (paired, 95%)" in line
         assert res["best_searched"] == best.number
     else:  # every sampled trial pruned: said so
         assert "none COMPLETE" in line

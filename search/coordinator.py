@@ -54,6 +54,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from merge_core.errors import MergesearchError
+from objectives.engines.choice import choose_engine
 from search.gate import RUNG_PREFIX, Gate, When, gates
 from search.objective_values import dataset_weights, objective_values, running_scores, short_name
 from search.progress import ProgressView, Tally
@@ -522,6 +523,8 @@ class Coordinator:
             batch_size=obj.batch_size,
             limit=obj.limit,
             env=env,
+            engine=choose_engine(obj.engine, self.resolved.vlm),  # auto resolved once, errors before any load
+            vllm=obj.vllm.to_dict(),
         )
 
     def _resources(self) -> tuple[str, dict[str, float], int]:

@@ -27,6 +27,7 @@ Layout (all tables optional except ``[models]`` and ``[objectives]``)::
     mode = "weighted"                 # or "multi" (one objective per dataset, Pareto front)
     weights = {MathVista_TOY_PROXY200 = 1.0}
     max_new_tokens = 32; batch_size = 8; limit = 0
+    engine = "hf"                     # or "vllm" / "auto"; [objectives.vllm] max_model_len, ... (docs/vllm.md)
 
     [space]  ... see :mod:`search.space`
     [sampler] name = "tpe"; seed = 0; options = {...}
@@ -49,6 +50,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from merge_core.errors import MergesearchError
+from objectives.engines.choice import VllmOptions, parse_engine
 
 SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "random", "grid")
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
@@ -102,6 +104,8 @@ class ObjectivesSpec:
     max_new_tokens: int = 64
     batch_size: int = 8
     limit: int = 0  # >0: only the first `limit` items of each dataset (smoke tests)
+    engine: str = "hf"  # "hf" | "vllm" | "auto" (objectives.engines.choice); [objectives.vllm] its settings
+    vllm: VllmOptions = field(default_factory=VllmOptions)
 
     def weight(self, name: str) -> float:
         """The weight of dataset ``name`` (1.0 unless given)."""
@@ -435,6 +439,10 @@ def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
         batch_size=t.int_("batch_size", 8, 1) or 8,
         limit=t.int_("limit", 0, 0) or 0,
     )
+    import dataclasses
+
+    engine, vllm = parse_engine(t.get("engine", "hf"), t.get("vllm"), spec.max_new_tokens, t.src)
+    spec = dataclasses.replace(spec, engine=engine, vllm=vllm)
     t.finish()
     return spec
 

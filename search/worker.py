@@ -44,6 +44,8 @@ class WorkerConfig:
     limit: int = 0
     threads: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    engine: str = "hf"  # objectives.engines: "hf" | "vllm" | "auto"
+    vllm: dict[str, Any] = field(default_factory=dict)  # objectives.engines.VllmOptions fields
 
 
 class TrialWorker:
@@ -58,6 +60,7 @@ class TrialWorker:
         torch.set_num_threads(max(1, cfg.threads))
         from merge_core import ResidentMerger
         from objectives.datasets import load_dataset
+        from objectives.engines import choose_engine, make_engine
         from objectives.generation import GenerationConfig
         from objectives.processing import load_processor, register_image_only_processors
         from objectives.scorer import ProxyScorer
@@ -65,14 +68,17 @@ class TrialWorker:
         register_image_only_processors()
         dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
         self.cfg = cfg
-        self.merger = ResidentMerger(
-            cfg.vlm,
-            cfg.llm,
-            cfg.base,
-            device=cfg.device,
-            dtype=dtype,
-            trust_remote_code=cfg.trust_remote_code,
-        )
+        self.engine_name = choose_engine(cfg.engine, cfg.vlm)
+        self.merger = None
+        if self.engine_name == "hf":
+            self.merger = ResidentMerger(
+                cfg.vlm,
+                cfg.llm,
+                cfg.base,
+                device=cfg.device,
+                dtype=dtype,
+                trust_remote_code=cfg.trust_remote_code,
+            )
         self.processor = load_processor(cfg.vlm, trust_remote_code=cfg.trust_remote_code)
         datasets = []
         for name in cfg.datasets:
@@ -81,13 +87,23 @@ class TrialWorker:
                 ds = dataclasses.replace(ds, items=list(ds.items[: cfg.limit]))
             datasets.append(ds)
         self.datasets = datasets
+        generation = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+        engine = None
+        if self.merger is None:  # vLLM: its own copy of the VLM, updated per recipe (objectives.engines)
+            engine = make_engine(
+                self.engine_name, vlm=cfg.vlm, llm=cfg.llm, base=cfg.base, processor=self.processor,
+                generation=generation, device=cfg.device, dtype=cfg.dtype, vllm_options=cfg.vllm,
+            )  # fmt: skip
         self.scorer = ProxyScorer(
-            self.merger.model,
+            self.merger.model if self.merger is not None else None,
             self.processor,
             datasets,
             chunk_size=cfg.chunk_size,
-            generation=GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size),
+            generation=generation,
+            engine=engine,
         )
+        self.engine = self.scorer.engine
+        self.engine.start()  # the vLLM engine checks its context length against the prepared prompts here
         self.steps = self.scorer.steps()
         self.applied: str | None = None
         self.book = GateBook()
@@ -109,6 +125,7 @@ class TrialWorker:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "device": self.cfg.device,
+            "engine": self.engine_name,
             "load_s": self.load_s,
             "steps": [[[c.dataset, len(c.indices)] for c in step] for step in self.steps],
             "datasets": {d.name: len(d.items) for d in self.datasets},
@@ -137,7 +154,7 @@ class TrialWorker:
         if self.applied != recipe_id:
             self.applied = None  # a failed apply must not leave a half-merged model marked as applied
             t0 = time.perf_counter()
-            self.merger.apply(Recipe.from_dict(recipe))
+            (self.merger if self.merger is not None else self.engine).apply(Recipe.from_dict(recipe))
             merge_s = time.perf_counter() - t0
             self.applied = recipe_id
         t0 = time.perf_counter()

@@ -44,6 +44,7 @@ def run_study(
     build_toy: bool = True,
 ) -> Any:
     """Check everything, run the coordinator to the budget, then promote the top-k (if configured)."""
+    from objectives.engines.choice import choose_engine
     from search.coordinator import Coordinator
     from search.resolve import preflight, resolve
     from search.storage import check_storage_url, mask_url
@@ -52,6 +53,7 @@ def run_study(
     check_storage_url(spec.storage)  # an unwritable store fails before any model or Ray work
     resolved = resolve(spec, build_toy=build_toy, console=console)
     preflight(resolved)
+    choose_engine(spec.objectives.engine, resolved.vlm)  # engine = "vllm" on a family it does not serve: now
     coord = Coordinator(spec, resolved, ray_address=ray_address, console=console, live=live)
     coord.open()
     console.print(

@@ -9,8 +9,10 @@ otherwise reserves 90% of the RAM). ``max_model_len``: the option, else the long
 
 Updates: ``merge_core.updates.WeightUpdates`` yields the tensors that differ from what the engine holds
 (every tensor of a fused vLLM module together: :mod:`objectives.engines.families`), merged on the engine's
-device in its dtype; they go through ``collective_rpc("reload_weights", weights_iterator=...)``, the
-model runner's layerwise in-place reload. Why this path and not the weight-transfer API
+device in its dtype as the reload consumes them (the merged language model is never all in memory at
+once); they go through ``collective_rpc("reload_weights", weights_iterator=...)``, the model runner's
+layerwise in-place reload. A fused module that gets only some of its tensors is rebuilt from garbage
+(measured: outputs all token 0), hence the module grouping. Why this path and not the weight-transfer API
 (``init_weight_transfer_engine`` / ``update_weights``): the reload is the one public path that works on
 every backend vLLM 0.32 has, the CPU one included (the transfer API's backends are IPC and NCCL, GPU
 only), and in one process it passes the tensors by reference. Then the prefix cache (KV blocks computed
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .choice import EngineError, VllmOptions, check_context, model_type_of
@@ -142,21 +144,36 @@ class VLLMEngine:
         return [decode(list(o.outputs[0].token_ids), skip_special_tokens=True).strip() for o in outs]
 
     def apply(self, recipe: Recipe) -> None:
-        """Send the tensors that change for ``recipe`` into vLLM, then reset its prefix and encoder caches.
+        """Stream the tensors that change for ``recipe`` into vLLM, then reset its prefix and encoder caches.
 
-        ``last_update``: tensors sent, seconds merging them, seconds vLLM took to load them.
+        The tensors are merged as vLLM consumes them (one module's worth is alive at a time, not the whole
+        language model). ``last_update``: tensors sent, seconds spent merging them, seconds in all.
         """
         self.start()
         t0 = time.perf_counter()
-        try:
-            batch = list(self.updates.updates(recipe, module_of=self.family.module_of))
-            t1 = time.perf_counter()
-            if batch:
-                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": batch})
-        except BaseException:
-            self.updates.invalidate()  # vLLM may hold part of the batch: send everything next time
-            raise
+        merge = [0.0, 0]
+        if self.updates.pending(recipe, module_of=self.family.module_of):
+            try:
+                self.llm.collective_rpc(
+                    "reload_weights", kwargs={"weights_iterator": self._timed(recipe, merge)}
+                )
+            except BaseException:
+                self.updates.invalidate()  # vLLM may hold part of the update: send everything next time
+                raise
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
-        t2 = time.perf_counter()
-        self.last_update = {"tensors": float(len(batch)), "merge_s": t1 - t0, "load_s": t2 - t1}
+        total = time.perf_counter() - t0
+        self.last_update = {"tensors": float(merge[1]), "merge_s": merge[0], "load_s": total - merge[0]}
+
+    def _timed(self, recipe: Recipe, tally: list) -> Iterator[tuple[str, Any]]:
+        updates = self.updates.updates(recipe, module_of=self.family.module_of)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(updates)
+            except StopIteration:
+                return
+            finally:
+                tally[0] += time.perf_counter() - t0
+            tally[1] += 1
+            yield item

@@ -3,8 +3,8 @@
 - greedy parity: the text LLM (vllm.LLM on its own) and the VLM with images (the engine), token for token;
 - after ``apply(recipe)``: the engine's responses equal HF ``generate`` on ``merge_to_disk(recipe)``, through
   a sequence linear -> attention-only TIES -> attention-only TIES again -> the VLM alone (restore, partial
-  updates, cache resets), on a VLM stored with the hub's names and one stored with transformers' in-memory
-  names.
+  updates, cache resets), on a Qwen2-VL stored with the hub's names and one stored with transformers'
+  in-memory names, and on a Qwen2.5-VL.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ SYSTEM = " ".join(["count", "plus", "next", "is"] * 80)
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return build_world(tmp_path_factory.mktemp("world32"))
+
+
+@pytest.fixture(scope="module")
+def world_25(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("world32_25"), family="qwen2_5_vl")
 
 
 @pytest.fixture(scope="module")
@@ -132,12 +137,15 @@ SEQUENCE = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("scheme", ["hub", "in_memory"])
-def test_engine_follows_merge_to_disk_through_a_sequence(world, items, tmp_path, scheme):
-    vlm = world.vlm if scheme == "hub" else _in_memory_copy(world.vlm, tmp_path / "vlm_in_memory")
+@pytest.mark.parametrize("scheme", ["hub", "in_memory", "qwen2_5_vl"])
+def test_engine_follows_merge_to_disk_through_a_sequence(request, tmp_path, scheme):
+    world = request.getfixturevalue("world_25" if scheme == "qwen2_5_vl" else "world")
+    items = items_of(world)
+    vlm = world.vlm if scheme != "in_memory" else _in_memory_copy(world.vlm, tmp_path / "vlm_in_memory")
     engine, processor = _engine(world, vlm)
     tmap = engine.updates.tmap
     names = {t.name for t in tmap.tensors}
+    assert engine.family.family == ("qwen2_5_vl" if scheme == "qwen2_5_vl" else "qwen2_vl")
     if scheme == "in_memory":
         assert any(n.startswith("model.language_model.layers.") for n in names)
     else:

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers import (
+    AutoModelForImageTextToText,
+    Qwen2_5_VLConfig,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2VLConfig,
+)
 
 from objectives.toy import bench_data
 from objectives.toy.vocab import (
@@ -47,6 +53,11 @@ VISION = dict(
     depth=2, embed_dim=32, hidden_size=64, num_heads=1, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
     temporal_patch_size=2, in_channels=3,
 )  # fmt: skip
+VISION_25 = dict(
+    depth=2, hidden_size=32, intermediate_size=64, num_heads=1, out_hidden_size=64, patch_size=14,
+    spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=56, fullatt_block_indexes=[1],
+)  # fmt: skip
+FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 SIDE = 28  # one 28x28 image = 4 patches = 1 merged token: the toy world's layout
 
 
@@ -70,17 +81,22 @@ def _noisy(t: torch.Tensor, std: float, seed: int, name: str) -> torch.Tensor:
     return t + std * torch.randn(t.shape, generator=gen, dtype=torch.float32)
 
 
-def _vlm_config() -> Qwen2VLConfig:
+def _vlm_config(family: str) -> Qwen2VLConfig | Qwen2_5_VLConfig:
     text = dict(TEXT)
     text.pop("tie_word_embeddings")
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": MROPE_SECTION}
-    cfg = Qwen2VLConfig(
-        text_config=text, vision_config=dict(VISION), image_token_id=TOKEN_ID[IMAGE_PAD],
+    cls, vision, arch = (
+        (Qwen2VLConfig, VISION, "Qwen2VLForConditionalGeneration")
+        if family == "qwen2_vl"
+        else (Qwen2_5_VLConfig, VISION_25, "Qwen2_5_VLForConditionalGeneration")
+    )
+    cfg = cls(
+        text_config=text, vision_config=dict(vision), image_token_id=TOKEN_ID[IMAGE_PAD],
         video_token_id=TOKEN_ID[VIDEO_PAD], vision_start_token_id=TOKEN_ID[VISION_START],
         vision_end_token_id=TOKEN_ID[VISION_END], tie_word_embeddings=False, bos_token_id=TOKEN_ID[PAD],
         eos_token_id=TOKEN_ID[IM_END], pad_token_id=TOKEN_ID[PAD],
     )  # fmt: skip
-    cfg.architectures = ["Qwen2VLForConditionalGeneration"]
+    cfg.architectures = [arch]
     return cfg
 
 
@@ -92,13 +108,19 @@ def _generation_defaults(model: torch.nn.Module) -> None:
     gc.do_sample = False
 
 
-def save_stock_processor(tokenizer, out: Path) -> None:
-    """The stock Qwen2-VL processor (image + video processor + tokenizer + template), as vLLM loads it."""
-    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+def save_stock_processor(tokenizer, out: Path, family: str = "qwen2_vl") -> None:
+    """The stock Qwen2(.5)-VL processor (image + video processor + tokenizer + template), as vLLM loads it."""
+    from transformers import (
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     image = Qwen2VLImageProcessor(min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE)
     video = Qwen2VLVideoProcessor(min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE)
-    proc = Qwen2VLProcessor(
+    cls = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
+    proc = cls(
         image_processor=image,
         tokenizer=tokenizer,
         video_processor=video,
@@ -107,8 +129,11 @@ def save_stock_processor(tokenizer, out: Path) -> None:
     proc.save_pretrained(str(out))
 
 
-def build_world(root: Path, seed: int = 0, *, noise: float = 0.05, items: int = 12) -> World:
-    """Build the world under ``root`` (deterministic in ``seed``); ``items`` rows per dataset kind."""
+def build_world(
+    root: Path, seed: int = 0, *, noise: float = 0.05, items: int = 12, family: str = "qwen2_vl"
+) -> World:
+    """Build the world under ``root`` (deterministic in ``seed``); ``items`` rows per dataset kind;
+    ``family`` the VLM's (one of :data:`FAMILIES`)."""
     root.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
@@ -118,7 +143,7 @@ def build_world(root: Path, seed: int = 0, *, noise: float = 0.05, items: int = 
     base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
     llm = Qwen2ForCausalLM(text_cfg).float().eval()
     torch.manual_seed(seed + 2)
-    vlm = Qwen2VLForConditionalGeneration(_vlm_config()).float().eval()
+    vlm = AutoModelForImageTextToText.from_config(_vlm_config(family)).float().eval()
     vstate = vlm.state_dict()
     with torch.no_grad():
         for name, p in llm.state_dict().items():
@@ -134,7 +159,7 @@ def build_world(root: Path, seed: int = 0, *, noise: float = 0.05, items: int = 
         model.save_pretrained(str(path))
         tokenizer.save_pretrained(str(path))
         paths[label] = path
-    save_stock_processor(tokenizer, paths["vlm"])
+    save_stock_processor(tokenizer, paths["vlm"], family)
     rng = np.random.default_rng(seed)
     triples = [tuple(int(x) for x in rng.integers(0, 10, 3)) for _ in range(items)]
     data = root / "LMUData"
@@ -143,5 +168,6 @@ def build_world(root: Path, seed: int = 0, *, noise: float = 0.05, items: int = 
     bench_data.write_tsv(
         bench_data.mathv_rows(seed, triples, half, items - half), data / "MathVision_V32.tsv"
     )
-    (root / "world.json").write_text(json.dumps({"seed": seed, "noise": noise, "items": items}) + "\n")
+    meta = {"seed": seed, "noise": noise, "items": items, "family": family}
+    (root / "world.json").write_text(json.dumps(meta) + "\n")
     return World(paths["vlm"], paths["llm"], paths["base"], data, ("MathVista_V32", "MathVision_V32"))

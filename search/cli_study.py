@@ -53,7 +53,8 @@ def run_study(
     check_storage_url(spec.storage)  # an unwritable store fails before any model or Ray work
     resolved = resolve(spec, build_toy=build_toy, console=console)
     preflight(resolved)
-    choose_engine(spec.objectives.engine, resolved.vlm)  # engine = "vllm" on a family it does not serve: now
+    # engine = "vllm" where it cannot run (not installed, family, CPU head size): fail now, not in a worker
+    choose_engine(spec.objectives.engine, resolved.vlm, spec.models.device)
     coord = Coordinator(spec, resolved, ray_address=ray_address, console=console, live=live)
     coord.open()
     console.print(

@@ -523,7 +523,7 @@ class Coordinator:
             batch_size=obj.batch_size,
             limit=obj.limit,
             env=env,
-            engine=choose_engine(obj.engine, self.resolved.vlm),  # auto resolved once, errors before any load
+            engine=choose_engine(obj.engine, self.resolved.vlm, device),  # "auto" resolved once, here
             vllm=obj.vllm.to_dict(),
         )
 

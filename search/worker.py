@@ -68,7 +68,7 @@ class TrialWorker:
         register_image_only_processors()
         dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
         self.cfg = cfg
-        self.engine_name = choose_engine(cfg.engine, cfg.vlm)
+        self.engine_name = choose_engine(cfg.engine, cfg.vlm, cfg.device)
         self.merger = None
         if self.engine_name == "hf":
             self.merger = ResidentMerger(

@@ -63,22 +63,30 @@ def test_bad_engine_fields_are_one_line_errors(engine, vllm, match):
     assert "\n" not in str(err.value)
 
 
-def test_choice_by_family_and_installation(tmp_path_factory, monkeypatch):
-    qwen = cached_trio(tmp_path_factory, "qwen2_vl").vlm
+def test_choice_by_family_installation_and_cpu_head_size(tmp_path_factory, tmp_path, monkeypatch):
+    qwen = cached_trio(tmp_path_factory, "qwen2_vl").vlm  # head_dim 16: no vLLM CPU kernel
     llava = cached_trio(tmp_path_factory, "llava_next").vlm
     assert choose_engine("hf", qwen) == "hf"
-    assert choose_engine("auto", qwen) == "hf"  # vLLM absent here
+    assert choose_engine("auto", qwen, "cuda") == "hf"  # vLLM absent here
     with pytest.raises(EngineError, match="vLLM is not installed here; pip install vllm"):
         choose_engine("vllm", qwen)
     monkeypatch.setattr(choice, "vllm_installed", lambda: True)  # as in .venv-vllm
-    assert choose_engine("auto", qwen) == "vllm"
-    assert choose_engine("auto", llava) == "hf"  # a family the table does not serve falls back
+    assert choose_engine("auto", qwen, "cuda:0") == "vllm"
+    assert choose_engine("auto", qwen, "cpu") == "hf"  # falls back: head size 16 on the CPU
+    assert choose_engine("auto", qwen, "auto") == "vllm"  # device not known yet: decided again per worker
+    with pytest.raises(EngineError, match=r"on a CPU: the VLM .* has attention heads of 16, .* 32, 64, 80"):
+        choose_engine("vllm", qwen, "cpu")
+    cfg = json.loads((Path(qwen) / "config.json").read_text())
+    cfg["text_config"]["num_attention_heads"], cfg["text_config"]["num_key_value_heads"] = 2, 1
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert choice.head_dim_of(tmp_path) == 32
+    assert choose_engine("auto", tmp_path, "cpu") == choose_engine("vllm", tmp_path, "cpu") == "vllm"
+    assert choose_engine("auto", llava, "cuda") == "hf"  # a family the table does not serve falls back
     with pytest.raises(
         EngineError,
         match=r"does not serve the VLM .* \(model_type 'llava_next'\); served: qwen2_vl, qwen2_5_vl",
     ):
-        choose_engine("vllm", llava)
-    assert json.loads((Path(qwen) / "config.json").read_text())["model_type"] == "qwen2_vl"
+        choose_engine("vllm", llava, "cuda")
 
 
 def test_context_check():

@@ -72,7 +72,7 @@ def make_engine(
     """Build the engine ``engine`` (``hf`` / ``vllm`` / ``auto``, resolved by :func:`choose_engine`)."""
     from objectives.generation import Generator
 
-    chosen = choose_engine(engine, vlm)
+    chosen = choose_engine(engine, vlm, device)
     if chosen == "hf":
         from merge_core import ResidentMerger
 

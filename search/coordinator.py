@@ -54,6 +54,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from merge_core.errors import MergesearchError
+from objectives.engines.choice import choose_engine
 from search.baseline_points import enqueue_baselines, register_params
 from search.gate import RUNG_PREFIX, Gate, When, gates
 from search.item_reports import items_before, per_item, report_items
@@ -539,6 +540,8 @@ class Coordinator:
             sources=self.spec.models.sources,
             components=merge_components(self.spec),
             generation=dict(obj.generation),
+            engine=choose_engine(obj.engine, self.resolved.vlm, device),  # "auto" resolved once, here
+            vllm=obj.vllm.to_dict(),
         )
 
     def _resources(self) -> tuple[str, dict[str, float], int]:

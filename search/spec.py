@@ -32,6 +32,7 @@ Layout (all tables optional except ``[models]`` and ``[objectives]``)::
     weights = {MathVista_TOY_PROXY200 = 1.0}
     max_new_tokens = 32; batch_size = 8; limit = 0
     [objectives.generation]           # decoding settings; default: VLMEvalKit's (search/spec_generation.py)
+    engine = "hf"                     # or "vllm" / "auto"; [objectives.vllm] max_model_len, ... (docs/vllm.md)
 
     [space]  ... see :mod:`search.space`
     [sampler] name = "tpe"; seed = 0; options = {...}
@@ -54,6 +55,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from merge_core.errors import MergesearchError
+from objectives.engines.choice import VllmOptions, parse_engine
 from search.warm_start import WarmStart, parse_warm_start
 
 SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "random", "grid")
@@ -114,6 +116,8 @@ class ObjectivesSpec:
     # [objectives.generation], validated by search.spec_generation: {"preset": ..., <field>: value}
     generation: dict[str, Any] = field(default_factory=dict)
     constrained: Any = None  # mode "constrained": a search.constrained.ConstrainedSpec
+    engine: str = "hf"  # "hf" | "vllm" | "auto" (objectives.engines.choice); [objectives.vllm] its settings
+    vllm: VllmOptions = field(default_factory=VllmOptions)
 
     def weight(self, name: str) -> float:
         """The weight of dataset ``name`` (1.0 unless given)."""
@@ -457,6 +461,10 @@ def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
         generation=generation,
         constrained=constrained,
     )
+    import dataclasses
+
+    engine, vllm = parse_engine(t.get("engine", "hf"), t.get("vllm"), spec.max_new_tokens, t.src)
+    spec = dataclasses.replace(spec, engine=engine, vllm=vllm)
     t.finish()
     return spec
 

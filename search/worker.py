@@ -48,6 +48,8 @@ class WorkerConfig:
     components: tuple[str, ...] | None = None  # what recipes may merge (None: all); held by the merger
     # [objectives.generation] (search.spec_generation); empty: the preset "none" with max_new_tokens above
     generation: dict[str, Any] = field(default_factory=dict)
+    engine: str = "hf"  # objectives.engines: "hf" | "vllm" | "auto"
+    vllm: dict[str, Any] = field(default_factory=dict)  # objectives.engines.VllmOptions fields
 
 
 class TrialWorker:
@@ -62,6 +64,7 @@ class TrialWorker:
         torch.set_num_threads(max(1, cfg.threads))
         from merge_core import ResidentMerger
         from objectives.datasets import load_dataset
+        from objectives.engines import choose_engine, make_engine
         from objectives.generation_defaults import resolve_generation
         from objectives.processing import load_processor, register_image_only_processors
         from objectives.scorer import ProxyScorer
@@ -69,16 +72,19 @@ class TrialWorker:
         register_image_only_processors()
         dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
         self.cfg = cfg
-        self.merger = ResidentMerger(
-            cfg.vlm,
-            cfg.llm,
-            cfg.base,
-            device=cfg.device,
-            dtype=dtype,
-            trust_remote_code=cfg.trust_remote_code,
-            sources=cfg.sources,
-            components=cfg.components,
-        )
+        self.engine_name = choose_engine(cfg.engine, cfg.vlm, cfg.device)
+        self.merger = None
+        if self.engine_name == "hf":
+            self.merger = ResidentMerger(
+                cfg.vlm,
+                cfg.llm,
+                cfg.base,
+                device=cfg.device,
+                dtype=dtype,
+                trust_remote_code=cfg.trust_remote_code,
+                sources=cfg.sources,
+                components=cfg.components,
+            )
         self.processor = load_processor(cfg.vlm, trust_remote_code=cfg.trust_remote_code)
         datasets = []
         for name in cfg.datasets:
@@ -87,16 +93,35 @@ class TrialWorker:
                 ds = dataclasses.replace(ds, items=list(ds.items[: cfg.limit]))
             datasets.append(ds)
         self.datasets = datasets
+        if self.merger is not None:
+            model_type = self.merger.model.config.model_type
+        else:  # vLLM holds the model: the family comes from the checkpoint's config alone
+            from transformers import AutoConfig
+
+            model_type = AutoConfig.from_pretrained(cfg.vlm, trust_remote_code=cfg.trust_remote_code).model_type
         self.generation = resolve_generation(
-            self.merger.model.config.model_type,
+            model_type,
             cfg.generation or {"preset": "none"},
             tokenizer=getattr(self.processor, "tokenizer", None),
             batch_size=cfg.batch_size,
             fallback_max_new_tokens=cfg.max_new_tokens,
         )
+        engine = None
+        if self.merger is None:  # vLLM: its own copy of the VLM, updated per recipe (objectives.engines)
+            engine = make_engine(
+                self.engine_name, vlm=cfg.vlm, llm=cfg.llm, base=cfg.base, processor=self.processor,
+                generation=self.generation, device=cfg.device, dtype=cfg.dtype, vllm_options=cfg.vllm,
+            )  # fmt: skip
         self.scorer = ProxyScorer(
-            self.merger.model, self.processor, datasets, chunk_size=cfg.chunk_size, generation=self.generation
+            self.merger.model if self.merger is not None else None,
+            self.processor,
+            datasets,
+            chunk_size=cfg.chunk_size,
+            generation=self.generation,
+            engine=engine,
         )
+        self.engine = self.scorer.engine
+        self.engine.start()  # the vLLM engine checks its context length against the prepared prompts here
         self.steps = self.scorer.steps()
         self.applied: str | None = None
         self.book = GateBook()
@@ -119,9 +144,10 @@ class TrialWorker:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "device": self.cfg.device,
+            "engine": self.engine_name,
             "load_s": self.load_s,
-            "sources": self.merger.sources,
-            "memory_plan": self.merger.memory_plan.summary(),
+            "sources": self.merger.sources if self.merger is not None else None,
+            "memory_plan": self.merger.memory_plan.summary() if self.merger is not None else None,
             "steps": [[[c.dataset, len(c.indices)] for c in step] for step in self.steps],
             "datasets": {d.name: len(d.items) for d in self.datasets},
             "generation": self.generation.to_dict(),
@@ -150,7 +176,7 @@ class TrialWorker:
         if self.applied != recipe_id:
             self.applied = None  # a failed apply must not leave a half-merged model marked as applied
             t0 = time.perf_counter()
-            self.merger.apply(Recipe.from_dict(recipe))
+            (self.merger if self.merger is not None else self.engine).apply(Recipe.from_dict(recipe))
             merge_s = time.perf_counter() - t0
             self.applied = recipe_id
         t0 = time.perf_counter()

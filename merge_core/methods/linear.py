@@ -11,6 +11,8 @@ import torch
 
 from merge_core.methods.engine import one_thread
 from merge_core.plan import TensorOp
+from merge_core.methods import compat_vlm_merging
+from merge_core.methods.registry import MethodDef, weight
 
 
 def merge(
@@ -28,3 +30,12 @@ def merge(
         if out is None:
             return torch.lerp(vlm, llm, op.weight)
         return torch.lerp(vlm, llm, op.weight, out=out)
+
+
+METHODS = (
+    MethodDef(
+        "linear", "linear", (weight(),),
+        {"mergekit": merge, "vlm_merging": compat_vlm_merging.merge_linear},
+        mergekit="linear", order=0,
+    ),
+)  # fmt: skip

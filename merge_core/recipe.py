@@ -182,6 +182,9 @@ class Recipe:
                     f"(it applies to {', '.join(reg.using(name))})"
                 )
         values = {p.name: _param(d, p, method) for p in mdef.params}
+        problem = mdef.check(values) if mdef.check else None
+        if problem:
+            raise RecipeError(f"recipe {problem} for method {method!r}")
         weight = values.get("weight")
 
         components = d.get("components", list(DEFAULT_COMPONENTS))

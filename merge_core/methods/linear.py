@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from merge_core.methods.engine import one_thread
-from merge_core.plan import TensorOp
 from merge_core.methods import compat_vlm_merging
+from merge_core.methods.engine import one_thread
 from merge_core.methods.registry import MethodDef, weight
+from merge_core.plan import TensorOp
 
 
 def merge(

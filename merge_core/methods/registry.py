@@ -59,6 +59,7 @@ class MethodDef:
     mergekit: str | None = None
     mergekit_model_params: tuple[str, ...] = ()
     mergekit_params: tuple[str, ...] = ()
+    check: Callable[[dict[str, Any]], str | None] | None = None  # cross-field rule: message naming the field
     schedule: str | None = None  # the one schedule shape the method requires (layer_swap: step)
     order: int = 100  # position in listings and error messages
     doc: str = field(default="", compare=False)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 
 from merge_core.methods.engine import Selector, merge_task_vectors
-from merge_core.plan import TensorOp
 from merge_core.methods.registry import MethodDef, normalize, task_weights
+from merge_core.plan import TensorOp
 
 
 def merge(

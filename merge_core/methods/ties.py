@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from merge_core.methods.engine import Magnitude, merge_task_vectors
-from merge_core.plan import TensorOp
 from merge_core.methods import compat_vlm_merging
+from merge_core.methods.engine import Magnitude, merge_task_vectors
 from merge_core.methods.registry import MethodDef, density, normalize, rescale, task_weights
+from merge_core.plan import TensorOp
 
 
 def merge(

@@ -37,3 +37,41 @@ def test_every_method_has_a_mergekit_impl_and_a_known_family() -> None:
 def test_fields_of_other_methods_are_rejected_by_name() -> None:
     with pytest.raises(RecipeError, match="'density' does not apply to method 'linear'"):
         Recipe.from_dict({"vlm": "v", "llm": "l", "weight": 0.5, "density": 0.5})
+
+
+def test_study_space_and_export_take_the_registered_methods() -> None:
+    import optuna
+
+    from search.export import mergekit_config
+    from search.space import SearchSpace
+    from search.spec import SEARCHED, spec_from_dict
+
+    searched = {p.name for m in registry.registry().values() for p in m.params if p.searched}
+    assert searched == set(SEARCHED)
+    study = {
+        "name": "t", "n_trials": 4, "models": {"vlm": "org/vlm", "llm": "org/llm", "base": "org/base"},
+        "objectives": {"datasets": ["A"]},
+        "space": {"methods": ["della", "breadcrumbs", "sce"], "density": {"low": 0.3, "high": 0.6}},
+    }  # fmt: skip
+    spec = spec_from_dict(study)
+    space = SearchSpace(spec)
+    seen = set()
+    for t in range(12):
+        trial = optuna.trial.FixedTrial({"method": spec.space.methods[t % 3], "vlm_weight": 1.0,
+                                         "llm_weight": 0.5, "density": 0.4})  # fmt: skip
+        r = Recipe.from_dict(space.suggest(trial))
+        seen.add(r.method)
+        assert (r.density is not None) == (r.method != "sce")
+    assert seen == {"della", "breadcrumbs", "sce"}
+    with pytest.raises(Exception, match="allowed: .*della"):
+        spec_from_dict({**study, "space": {"methods": ["nope"]}})
+    base = {"vlm": "v", "llm": "l", "base": "b", "dtype": "float32"}
+    cfg = mergekit_config({**base, "method": "della", "density": 0.5, "epsilon": 0.1}, n_layers=2)
+    assert cfg["merge_method"] == "della"
+    assert cfg["models"][1]["parameters"]["epsilon"] == 0.1 and cfg["parameters"]["rescale"] is True
+    cfg = mergekit_config({**base, "method": "breadcrumbs", "density": 0.5, "gamma": 0.02}, n_layers=2)
+    assert cfg["merge_method"] == "breadcrumbs" and cfg["models"][0]["parameters"]["gamma"] == 0.02
+    cfg = mergekit_config({**base, "method": "sce", "select_topk": 0.3}, n_layers=2)
+    assert cfg["merge_method"] == "sce" and cfg["parameters"]["select_topk"] == 0.3
+    cfg = mergekit_config({**base, "method": "layer_swap", "weight": 0.5, "schedule": {"shape": "step", "start": 1}}, n_layers=2)
+    assert cfg["merge_method"] == "linear"

@@ -220,3 +220,18 @@ def test_new_methods_streamed_equals_resident_bit_for_bit(tmp_path_factory, tmp_
 def test_out_of_range_fields_are_named(fields, match):
     with pytest.raises(RecipeError, match=match):
         Recipe.from_dict({"vlm": "v", "llm": "l", "base": "b", **fields})
+
+
+# ---- against mergekit itself, where it is installed ------------------------------------------------
+def test_breadcrumbs_and_della_agree_with_installed_mergekit(monkeypatch):
+    sparsify = pytest.importorskip("mergekit.sparsify")
+    from merge_core.methods.breadcrumbs import breadcrumbs_mask
+
+    tau = torch.randn(6, 20, generator=torch.Generator().manual_seed(11))
+    theirs = sparsify.magnitude_outliers(tau, density=0.4, gamma=0.05)
+    ours = tau.reshape(-1) * breadcrumbs_mask(tau.reshape(-1), 0.4, 0.05)
+    assert torch.equal(ours.view_as(tau), theirs)
+    seen = []
+    monkeypatch.setattr(torch, "bernoulli", lambda p: seen.append(p.clone()) or torch.ones_like(p))
+    sparsify.della_magprune(tau, density=0.5, epsilon=0.2)
+    torch.testing.assert_close(della.keep_probabilities(tau.reshape(-1), tau.shape, 0.5, 0.2).view_as(tau), seen[0])

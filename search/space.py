@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from merge_core.methods import registry as method_registry
-from search.spec import SEARCHED, Param, SpaceSpec, StudySpec
+from search.spec import SEARCHED, Param, SpaceSpec, StudySpec, method_registry
 
 if TYPE_CHECKING:
     import optuna
@@ -66,7 +65,7 @@ class SearchSpace:
         r = self._header()
         method = _choice(trial, "method", s.methods)
         r["method"] = method
-        mdef = method_registry.get(method)
+        mdef = method_registry().get(method)
         for p in mdef.params:  # the method's searched fields, in its declaration order
             if p.searched and p.name in SEARCHED:
                 r[p.name] = _suggest(trial, p.name, s.param(p.name))
@@ -101,11 +100,11 @@ class SearchSpace:
         if len(s.methods) > 1:
             g["method"] = list(s.methods)
         num: list[tuple[str, Param, bool]] = [
-            *((n, s.param(n), any(m in method_registry.using(n) for m in s.methods)) for n in GRID_ORDER),
+            *((n, s.param(n), any(m in method_registry().using(n) for m in s.methods)) for n in GRID_ORDER),
             (
                 "start",
                 s.start,
-                "step" in s.schedules or any(method_registry.get(m).schedule == "step" for m in s.methods),
+                "step" in s.schedules or any(method_registry().get(m).schedule == "step" for m in s.methods),
             ),
         ]
         for name, p, used in num:

@@ -55,13 +55,21 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from merge_core.errors import MergesearchError
-from merge_core.methods import registry as method_registry
 from objectives.engines.choice import VllmOptions, parse_engine
 from search.warm_start import WarmStart, parse_warm_start
 
 # the method fields the study file gives ranges for (space.<name>); merge_core.methods.registry marks them
 # ``searched``; the other method fields take their defaults or space.fixed
 SEARCHED = ("weight", "vlm_weight", "llm_weight", "density", "lambda")
+
+
+def method_registry():  # type: ignore[no-untyped-def]
+    """The merge-method registry, imported on first use (it imports torch: `import search.spec` stays light)."""
+    from merge_core.methods import registry
+
+    return registry
+
+
 SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "random", "grid")
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "wilcoxon", "none")
 MODES = ("weighted", "multi", "constrained")
@@ -478,7 +486,7 @@ def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
 
 def _parse_space(t: _Reader) -> SpaceSpec:
     d = SpaceSpec()
-    methods = t.list_str("methods", d.methods, method_registry.names())
+    methods = t.list_str("methods", d.methods, method_registry().names())
     if not methods:
         raise t.fail("methods", "is empty; list at least one merge method")
     raw_c = t.get("components", None)
@@ -536,7 +544,7 @@ def _parse_space(t: _Reader) -> SpaceSpec:
         explicit_value=t.param("explicit_value", d.explicit_value, lo=0.0, hi=1.0),
         fixed=dict(fixed),
     )
-    if spec.density.low <= 0 and any(m in method_registry.using("density") for m in methods):
+    if spec.density.low <= 0 and any(m in method_registry().using("density") for m in methods):
         raise t.fail("density", "must be > 0 for ties / dare methods")
     t.finish()
     return spec
@@ -566,9 +574,9 @@ def _parse_baselines(raw: Any, src: str) -> tuple[Baseline, ...]:
                 raise StudySpecError(
                     f"{src}: field `baselines[{i}].{k}` is not allowed: baselines use the models of [models]"
                 )
-        if fields.get("method") not in method_registry.names():
+        if fields.get("method") not in method_registry().names():
             raise StudySpecError(
-                f"{src}: field `baselines[{i}].method` is {fields.get('method')!r}; allowed: {', '.join(method_registry.names())}"
+                f"{src}: field `baselines[{i}].method` is {fields.get('method')!r}; allowed: {', '.join(method_registry().names())}"
             )
         out.append(Baseline(name=name, fields=fields))
     return tuple(out)
@@ -633,8 +641,8 @@ def spec_from_dict(data: dict[str, Any], *, src: str = "<study>", base_dir: Path
     if sampler.name == "grid":
         m = set(space.methods)
         for fname, p, used in (
-            *((n, space.param(n), bool(m & set(method_registry.using(n)))) for n in SEARCHED),
-            ("start", space.start, "step" in space.schedules or any(method_registry.get(x).schedule for x in m)),
+            *((n, space.param(n), bool(m & set(method_registry().using(n)))) for n in SEARCHED),
+            ("start", space.start, "step" in space.schedules or any(method_registry().get(x).schedule for x in m)),
             ("explicit_value", space.explicit_value, "explicit" in space.schedules),
         ):
             if used and not p.fixed and p.step is None:

@@ -38,6 +38,11 @@ class TensorOp:
     seeds: tuple[int, int] = (0, 0)  # DARE mask seeds for the VLM's and the LLM's task vector
     rows: int | None = None  # merge only rows [:rows] (embeddings shared by both vocabularies)
     mask: str = "splitmix64"  # DARE mask algorithm (merge_core.methods.masks), from the recipe's schema
+    extra: tuple[tuple[str, object], ...] = ()  # the recipe's other method fields (Recipe.extra)
+
+    def param(self, name: str) -> object:
+        """Method field ``name`` from :attr:`extra` (KeyError if the recipe has none)."""
+        return dict(self.extra)[name]
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,7 @@ def build_plan(recipe: Recipe, tmap: TensorMap, dtype: torch.dtype | None = None
                     llm_weight=recipe.llm_weight * f, density=recipe.density, lambda_=recipe.lambda_,
                     normalize=recipe.normalize, rescale=recipe.rescale,
                     seeds=(mask_seed(recipe.seed, t.where.canonical, 0), mask_seed(recipe.seed, t.where.canonical, 1)),
-                    rows=rows, mask=recipe.dare_mask,
+                    rows=rows, mask=recipe.dare_mask, extra=recipe.extra,
                 )  # fmt: skip
             elif recipe.weight * f != 0.0:
                 op = TensorOp(method=recipe.method, compat=recipe.compat, weight=recipe.weight * f, rows=rows)

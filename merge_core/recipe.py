@@ -25,26 +25,33 @@ from merge_core.errors import RecipeError
 SCHEMA = "mergesearch.recipe/v2"
 SCHEMA_V1 = "mergesearch.recipe/v1"
 DARE_MASKS: dict[str, str] = {SCHEMA: "splitmix64", SCHEMA_V1: "torch_cpu"}  # merge_core.methods.masks
-METHODS: tuple[str, ...] = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "layer_swap")
-TASK_VECTOR_METHODS: tuple[str, ...] = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
 COMPONENTS: tuple[str, ...] = ("attention", "mlp", "norm", "embed", "lm_head")
 DEFAULT_COMPONENTS: tuple[str, ...] = ("attention", "mlp", "norm")
 SHAPES: tuple[str, ...] = ("constant", "linear", "loglinear", "step", "explicit")
-RESCALES: tuple[str, ...] = ("l1", "inverse_density", "none")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 COMPATS: tuple[str, ...] = ("mergekit", "vlm_merging")
+WEIGHT_LIMIT = 10.0  # |component weights| beyond this are surely typos (method fields: their MethodDef)
+VLM_MERGING_FIXED: tuple[str, ...] = ("lambda", "normalize", "rescale")  # the paper's code fixes these
 
-# mergekit's defaults per method (generalized_task_arithmetic): normalize on for ties only, rescale on for
-# dare_* (L1 match), density 1.0 (no sparsification) unless given.
-DEFAULT_NORMALIZE = {"task_arithmetic": False, "ties": True, "dare_ties": False, "dare_linear": False}
-DEFAULT_RESCALE = {"ties": "none", "dare_ties": "l1", "dare_linear": "l1"}
-SPARSE_METHODS: tuple[str, ...] = ("ties", "dare_ties", "dare_linear")
-WEIGHT_LIMIT = 10.0  # |vlm_weight|, |llm_weight|, lambda and component weights beyond this are surely typos
-
-FIELDS: tuple[str, ...] = (
-    "schema", "vlm", "llm", "base", "method", "weight", "vlm_weight", "llm_weight", "density", "lambda",
-    "normalize", "rescale", "components", "component_weights", "schedule", "seed", "dtype", "compat",
+# the method fields (merge_core.methods.registry) that are Recipe attributes; the others go to ``extra``
+CORE_PARAMS: tuple[str, ...] = ("weight", "vlm_weight", "llm_weight", "density", "lambda", "normalize", "rescale")
+BASE_FIELDS: tuple[str, ...] = (
+    "schema", "vlm", "llm", "base", "method", "components", "component_weights", "schedule", "seed", "dtype",
+    "compat",
 )  # fmt: skip
+
+
+def _registry():  # type: ignore[no-untyped-def]
+    # imported late: the method modules import merge_core.plan, which imports this module
+    from merge_core.methods import registry
+
+    return registry
+
+
+def fields() -> tuple[str, ...]:
+    """Every recipe JSON field: the fixed ones and every registered method's fields."""
+    reg = _registry()
+    return (*BASE_FIELDS[:5], *CORE_PARAMS, *[n for n in reg.param_names() if n not in CORE_PARAMS], *BASE_FIELDS[5:])
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,7 @@ class Recipe:
     dtype: str | None = None
     compat: str = "mergekit"
     schema: str = SCHEMA
+    extra: tuple[tuple[str, Any], ...] = ()  # method fields beyond CORE_PARAMS (e.g. della's epsilon)
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -139,9 +147,11 @@ class Recipe:
         """Validate a JSON object and fill the per-method defaults; RecipeError names the bad field."""
         if not isinstance(d, dict):
             raise RecipeError(f"a recipe must be a JSON object, got {type(d).__name__}")
-        unknown = sorted(set(d) - set(FIELDS))
+        reg = _registry()
+        allowed = fields()
+        unknown = sorted(set(d) - set(allowed))
         if unknown:
-            raise RecipeError(f"recipe field {unknown[0]!r} is unknown; allowed fields: {', '.join(FIELDS)}")
+            raise RecipeError(f"recipe field {unknown[0]!r} is unknown; allowed fields: {', '.join(allowed)}")
         schema = d.get("schema", SCHEMA)
         if not isinstance(schema, str) or schema not in DARE_MASKS:
             raise RecipeError(
@@ -151,12 +161,13 @@ class Recipe:
             if not isinstance(d.get(key), str) or not d[key]:
                 raise RecipeError(f"recipe field {key!r} is required: a local model directory or a hub id")
         method = d.get("method", "linear")
-        if method not in METHODS:
-            raise RecipeError(f"recipe field 'method' is {method!r}; allowed: {', '.join(METHODS)}")
+        if method not in reg.registry():
+            raise RecipeError(f"recipe field 'method' is {method!r}; allowed: {', '.join(reg.names())}")
+        mdef = reg.get(method)
         compat = d.get("compat", "mergekit")
         if compat not in COMPATS:
             raise RecipeError(f"recipe field 'compat' is {compat!r}; allowed: {', '.join(COMPATS)}")
-        tv = method in TASK_VECTOR_METHODS
+        tv = mdef.is_task_vector
         base = d.get("base")
         if base is not None and (not isinstance(base, str) or not base):
             raise RecipeError("recipe field 'base' must be a model directory or hub id")
@@ -164,39 +175,17 @@ class Recipe:
             raise RecipeError(
                 f"recipe field 'base' is required by method {method!r} (task vectors are θ - base)"
             )
-
-        def applies(name: str, ok: bool, where: str) -> None:
-            if d.get(name) is not None and not ok:
+        for name in reg.param_names():
+            if d.get(name) is not None and mdef.param(name) is None:
                 raise RecipeError(
-                    f"recipe field {name!r} does not apply to method {method!r} (it applies to {where})"
+                    f"recipe field {name!r} does not apply to method {method!r} "
+                    f"(it applies to {', '.join(reg.using(name))})"
                 )
-
-        applies("weight", not tv, "linear, layer_swap")
-        for name in ("vlm_weight", "llm_weight", "lambda", "normalize"):
-            applies(name, tv, ", ".join(TASK_VECTOR_METHODS))
-        for name in ("density", "rescale"):
-            applies(name, method in SPARSE_METHODS, ", ".join(SPARSE_METHODS))
-
-        weight = vlm_weight = llm_weight = density = lam = None
-        normalize = rescale = None
-        if not tv:
-            if d.get("weight") is None:
-                raise RecipeError(
-                    f"recipe field 'weight' (the LLM weight w in [0, 1]) is required by method {method!r}"
-                )
-            weight = _number(d, "weight", 0.0, 1.0)
-        else:
-            vlm_weight = _number(d, "vlm_weight", -WEIGHT_LIMIT, WEIGHT_LIMIT, default=1.0)
-            llm_weight = _number(d, "llm_weight", -WEIGHT_LIMIT, WEIGHT_LIMIT, default=1.0)
-            lam = _number(d, "lambda", 0.0, WEIGHT_LIMIT, default=1.0, open_low=True)
-            normalize = d.get("normalize", DEFAULT_NORMALIZE[method])
-            if not isinstance(normalize, bool):
-                raise RecipeError(f"recipe field 'normalize' must be true or false, got {normalize!r}")
-        if method in SPARSE_METHODS:
-            density = _number(d, "density", 0.0, 1.0, default=1.0, open_low=True)
-            rescale = d.get("rescale", DEFAULT_RESCALE[method])
-            if rescale not in RESCALES:
-                raise RecipeError(f"recipe field 'rescale' is {rescale!r}; allowed: {', '.join(RESCALES)}")
+        values = {p.name: _param(d, p, method) for p in mdef.params}
+        problem = mdef.check(values) if mdef.check else None
+        if problem:
+            raise RecipeError(f"recipe {problem} for method {method!r}")
+        weight = values.get("weight")
 
         components = d.get("components", list(DEFAULT_COMPONENTS))
         if not isinstance(components, list | tuple) or not components:
@@ -229,7 +218,7 @@ class Recipe:
             )
 
         schedule = Schedule.from_dict(d.get("schedule"))
-        if method == "layer_swap" and schedule.shape != "step":
+        if mdef.schedule is not None and schedule.shape != mdef.schedule:
             raise RecipeError(
                 'recipe field \'schedule\' must be {"shape": "step", "start": N} for method \'layer_swap\' '
                 "(layers < N stay the VLM's; the paper's base_layer_num b is N = b + 1)"
@@ -251,32 +240,35 @@ class Recipe:
                 f"recipe field 'dtype' is {dtype!r}; allowed: {', '.join(DTYPES)} or null (the VLM's)"
             )
 
+        if compat not in mdef.impls:
+            have = [n for n, m in reg.registry().items() if compat in m.impls]
+            raise RecipeError(
+                f"recipe field 'compat' {compat!r} has no {method}; use {', '.join(have[:-1])} or {have[-1]}"
+            )
         if compat == "vlm_merging":
-            if method == "task_arithmetic":
-                raise RecipeError(
-                    "recipe field 'compat' 'vlm_merging' has no task_arithmetic; use linear, layer_swap, ties, dare_ties or dare_linear"
-                )
             if components != DEFAULT_COMPONENTS or cw or schedule.shape not in ("constant", "step"):
                 raise RecipeError(
                     "recipe field 'compat' 'vlm_merging' merges all LM layers and the final norm with one weight: "
                     "leave 'components', 'component_weights' and 'schedule' at their defaults"
                 )
-            if method == "linear" and schedule.shape != "constant":
+            if not tv and mdef.schedule is None and schedule.shape != "constant":
                 raise RecipeError(
-                    "recipe field 'schedule' must be constant for compat 'vlm_merging' linear; use method layer_swap"
+                    f"recipe field 'schedule' must be constant for compat 'vlm_merging' {method}; use method layer_swap"
                 )
-            for name in ("lambda", "normalize", "rescale"):
+            for name in VLM_MERGING_FIXED:
                 if d.get(name) is not None:
                     raise RecipeError(
                         f"recipe field {name!r} is fixed by compat 'vlm_merging' (the paper's code); remove it"
                     )
-            lam = normalize = rescale = None
+                values.pop(name, None)
 
         return cls(
-            vlm=d["vlm"], llm=d["llm"], base=base, method=method, weight=weight, vlm_weight=vlm_weight,
-            llm_weight=llm_weight, density=density, lambda_=lam, normalize=normalize, rescale=rescale,
-            components=components, component_weights=tuple(cw), schedule=schedule, seed=seed, dtype=dtype,
-            compat=compat, schema=schema,
+            vlm=d["vlm"], llm=d["llm"], base=base, method=method, weight=weight,
+            vlm_weight=values.get("vlm_weight"), llm_weight=values.get("llm_weight"),
+            density=values.get("density"), lambda_=values.get("lambda"), normalize=values.get("normalize"),
+            rescale=values.get("rescale"), components=components, component_weights=tuple(cw),
+            schedule=schedule, seed=seed, dtype=dtype, compat=compat, schema=schema,
+            extra=tuple((k, v) for k, v in values.items() if k not in CORE_PARAMS),
         )  # fmt: skip
 
     @classmethod
@@ -298,7 +290,7 @@ class Recipe:
         for key, val in (
             ("weight", self.weight), ("vlm_weight", self.vlm_weight), ("llm_weight", self.llm_weight),
             ("density", self.density), ("lambda", self.lambda_), ("normalize", self.normalize),
-            ("rescale", self.rescale),
+            ("rescale", self.rescale), *self.extra,
         ):  # fmt: skip
             if val is not None:
                 d[key] = val
@@ -330,7 +322,7 @@ class Recipe:
             changes["schedule"] = changes["schedule"].to_dict()
         if "method" in changes and changes["method"] != self.method:
             # drop fields that only belonged to the old method; the new one's defaults fill in
-            for key in ("weight", "vlm_weight", "llm_weight", "density", "lambda", "normalize", "rescale"):
+            for key in _registry().param_names():
                 d.pop(key, None)
         d.update(changes)
         return Recipe.from_dict(d)
@@ -339,7 +331,14 @@ class Recipe:
     @property
     def is_task_vector(self) -> bool:
         """True for the methods that merge task vectors against ``base``."""
-        return self.method in TASK_VECTOR_METHODS
+        return _registry().get(self.method).is_task_vector
+
+    def param(self, name: str) -> Any:
+        """The value of method field ``name`` (JSON name), None when it does not apply."""
+        core = {"lambda": self.lambda_, "weight": self.weight, "vlm_weight": self.vlm_weight,
+                "llm_weight": self.llm_weight, "density": self.density, "normalize": self.normalize,
+                "rescale": self.rescale}  # fmt: skip
+        return core[name] if name in core else dict(self.extra).get(name)
 
     @property
     def dare_mask(self) -> str:
@@ -364,6 +363,29 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _param(d: dict[str, Any], p: Any, method: str) -> Any:
+    """Validate method field ``p`` (a registry ParamDef) of ``d``, or return its default."""
+    v = d.get(p.name)
+    if v is None and p.default is None:
+        what = f" ({p.help})" if p.help else ""
+        raise RecipeError(f"recipe field {p.name!r}{what} is required by method {method!r}")
+    if p.kind == "number":
+        return _number(d, p.name, p.lo, p.hi, default=p.default, open_low=p.open_low)
+    if v is None:
+        return p.default
+    if p.kind == "bool":
+        if not isinstance(v, bool):
+            raise RecipeError(f"recipe field {p.name!r} must be true or false, got {v!r}")
+        return v
+    if p.kind == "integer":
+        if not isinstance(v, int) or isinstance(v, bool) or not p.lo <= v <= p.hi:
+            raise RecipeError(f"recipe field {p.name!r} must be an integer in [{p.lo:g}, {p.hi:g}], got {v!r}")
+        return v
+    if v not in p.choices:
+        raise RecipeError(f"recipe field {p.name!r} is {v!r}; allowed: {', '.join(p.choices)}")
+    return v
 
 
 def _number(

@@ -82,9 +82,13 @@ def _config_dtype(model_dir: str) -> str | None:
 def mergekit_config(recipe: dict[str, Any], n_layers: int | None = None) -> dict[str, Any]:
     """The mergekit configuration (a dict ready for YAML) of the recipe's language-model merge."""
     from merge_core import Recipe
+    from merge_core.methods import registry
     from merge_core.schedule import layer_factors
 
     r = Recipe.from_dict(recipe)
+    mdef = registry.get(r.method)
+    if mdef.mergekit is None:
+        raise ExportError(f"recipe method {r.method!r} has no mergekit equivalent; export JSON")
     if r.compat != "mergekit":
         raise ExportError(
             f"recipe compat {r.compat!r} (the paper's code) has no mergekit equivalent; export JSON"
@@ -139,16 +143,16 @@ def mergekit_config(recipe: dict[str, Any], n_layers: int | None = None) -> dict
         raise ExportError(f"recipe method {r.method!r} needs a base model for mergekit")
     llm_params: dict[str, Any] = {"weight": weights(float(r.llm_weight or 0.0), 0.0)}
     vlm_params: dict[str, Any] = {"weight": float(r.vlm_weight or 0.0)}
-    if r.density is not None:
-        llm_params["density"] = vlm_params["density"] = r.density
+    for name in mdef.mergekit_model_params:  # per-model fields, the same for both models
+        llm_params[name] = vlm_params[name] = r.param(name)
     params: dict[str, Any] = {
         "normalize": bool(r.normalize),
         "lambda": r.lambda_ if r.lambda_ is not None else 1.0,
     }
-    if r.method in ("dare_ties", "dare_linear"):
-        params["rescale"] = r.rescale == "l1"
+    for name in mdef.mergekit_params:
+        params[name] = r.rescale == "l1" if name == "rescale" else r.param(name)
     cfg.update(
-        merge_method=r.method,
+        merge_method=mdef.mergekit,
         base_model=r.base,
         models=[{"model": r.vlm, "parameters": vlm_params}, {"model": r.llm, "parameters": llm_params}],
         parameters=params,

@@ -3,13 +3,14 @@
 Parameters (Optuna names) and when they exist:
 
 * ``method`` — categorical over ``space.methods`` (absent when only one).
-* ``weight`` — the LLM weight w of ``linear`` / ``layer_swap`` (merged = (1-w)·VLM + w·LLM).
-* ``vlm_weight``, ``llm_weight``, ``lambda`` — task-vector methods (task_arithmetic, ties, dare_*).
-* ``density`` — only ``ties`` / ``dare_ties`` / ``dare_linear``.
+* the method's searched fields, as its :class:`~merge_core.methods.registry.MethodDef` declares them:
+  ``weight`` (linear family, merged = (1-w)·VLM + w·LLM); ``vlm_weight``, ``llm_weight``, ``lambda``
+  (task-vector family); ``density`` (the sparsifying methods).  Other method fields (della's ``epsilon``
+  ...) take their defaults or ``space.fixed``.
 * ``components`` — categorical of subsets (``"attention+mlp"``), or booleans ``comp_<name>`` for
   ``space.component_flags`` (an empty choice falls back to the first flag, so every trial merges something).
-* ``schedule`` — categorical over shapes; ``start`` only for ``step`` (and always for ``layer_swap``,
-  whose schedule is the step); ``r_0 .. r_{L-1}`` only for ``explicit`` (a per-layer vector).
+* ``schedule`` — categorical over shapes; ``start`` only for ``step`` (and always for a method whose
+  declaration requires the step, ``layer_swap``); ``r_0 .. r_{L-1}`` only for ``explicit`` (a per-layer vector).
 
 A parameter whose range is a single value is not suggested, it is written into every recipe.
 Fields that the method does not use are left out, so merge_core's per-method defaults apply.
@@ -19,14 +20,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from search.spec import Param, SpaceSpec, StudySpec
+from search.spec import SEARCHED, Param, SpaceSpec, StudySpec, method_registry
 
 if TYPE_CHECKING:
     import optuna
 
 RECIPE_SCHEMA = "mergesearch.recipe/v2"
-TASK_VECTOR = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
-SPARSE = ("ties", "dare_ties", "dare_linear")
+GRID_ORDER = ("weight", "vlm_weight", "llm_weight", "lambda", "density")  # the grid's key order (kept stable)
 
 
 def _suggest(trial: optuna.trial.BaseTrial, name: str, p: Param) -> float | int:
@@ -65,21 +65,17 @@ class SearchSpace:
         r = self._header()
         method = _choice(trial, "method", s.methods)
         r["method"] = method
-        if method in ("linear", "layer_swap"):
-            r["weight"] = _suggest(trial, "weight", s.weight)
-        else:
-            r["vlm_weight"] = _suggest(trial, "vlm_weight", s.vlm_weight)
-            r["llm_weight"] = _suggest(trial, "llm_weight", s.llm_weight)
-            r["lambda"] = _suggest(trial, "lambda", s.lambda_)
-            if method in SPARSE:
-                r["density"] = _suggest(trial, "density", s.density)
+        mdef = method_registry().get(method)
+        for p in mdef.params:  # the method's searched fields, in its declaration order
+            if p.searched and p.name in SEARCHED:
+                r[p.name] = _suggest(trial, p.name, s.param(p.name))
         if s.component_flags:
             chosen = [c for c in s.component_flags if trial.suggest_categorical(f"comp_{c}", [True, False])]
             r["components"] = chosen or [s.component_flags[0]]
         else:
             names = ["+".join(c) for c in s.components]
             r["components"] = _choice(trial, "components", tuple(names)).split("+")
-        shape = "step" if method == "layer_swap" else _choice(trial, "schedule", s.schedules)
+        shape = mdef.schedule or _choice(trial, "schedule", s.schedules)
         schedule: dict[str, Any] = {"shape": shape}
         if shape == "step":
             schedule["start"] = _suggest(trial, "start", s.start)
@@ -104,12 +100,12 @@ class SearchSpace:
         if len(s.methods) > 1:
             g["method"] = list(s.methods)
         num: list[tuple[str, Param, bool]] = [
-            ("weight", s.weight, any(m in ("linear", "layer_swap") for m in s.methods)),
-            ("vlm_weight", s.vlm_weight, any(m in TASK_VECTOR for m in s.methods)),
-            ("llm_weight", s.llm_weight, any(m in TASK_VECTOR for m in s.methods)),
-            ("lambda", s.lambda_, any(m in TASK_VECTOR for m in s.methods)),
-            ("density", s.density, any(m in SPARSE for m in s.methods)),
-            ("start", s.start, "step" in s.schedules or "layer_swap" in s.methods),
+            *((n, s.param(n), any(m in method_registry().using(n) for m in s.methods)) for n in GRID_ORDER),
+            (
+                "start",
+                s.start,
+                "step" in s.schedules or any(method_registry().get(m).schedule == "step" for m in s.methods),
+            ),
         ]
         for name, p, used in num:
             if used and not p.fixed:

@@ -58,10 +58,21 @@ from merge_core.errors import MergesearchError
 from objectives.engines.choice import VllmOptions, parse_engine
 from search.warm_start import WarmStart, parse_warm_start
 
+# the method fields the study file gives ranges for (space.<name>); merge_core.methods.registry marks them
+# ``searched``; the other method fields take their defaults or space.fixed
+SEARCHED = ("weight", "vlm_weight", "llm_weight", "density", "lambda")
+
+
+def method_registry():  # type: ignore[no-untyped-def]
+    """The merge-method registry, imported on first use (it imports torch: `import search.spec` stays light)."""
+    from merge_core.methods import registry
+
+    return registry
+
+
 SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "random", "grid")
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "wilcoxon", "none")
 MODES = ("weighted", "multi", "constrained")
-METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "layer_swap")
 COMPONENTS = ("attention", "mlp", "norm", "embed", "lm_head")
 SHAPES = ("constant", "linear", "loglinear", "step", "explicit")
 TOY_SIZES = ("full", "ci")
@@ -169,6 +180,10 @@ class SpaceSpec:
     explicit_layers: int = 0
     explicit_value: Param = Param(0.0, 1.0)
     fixed: dict[str, Any] = field(default_factory=dict)
+
+    def param(self, name: str) -> Param:
+        """The range of searched method field ``name`` (JSON name, one of :data:`SEARCHED`)."""
+        return getattr(self, "lambda_" if name == "lambda" else name)
 
     def has_categoricals(self) -> bool:
         """Whether any categorical parameter is searched (CMA-ES cannot handle them)."""
@@ -471,7 +486,7 @@ def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
 
 def _parse_space(t: _Reader) -> SpaceSpec:
     d = SpaceSpec()
-    methods = t.list_str("methods", d.methods, METHODS)
+    methods = t.list_str("methods", d.methods, method_registry().names())
     if not methods:
         raise t.fail("methods", "is empty; list at least one merge method")
     raw_c = t.get("components", None)
@@ -529,7 +544,7 @@ def _parse_space(t: _Reader) -> SpaceSpec:
         explicit_value=t.param("explicit_value", d.explicit_value, lo=0.0, hi=1.0),
         fixed=dict(fixed),
     )
-    if spec.density.low <= 0 and any(m in ("ties", "dare_ties", "dare_linear") for m in methods):
+    if spec.density.low <= 0 and any(m in method_registry().using("density") for m in methods):
         raise t.fail("density", "must be > 0 for ties / dare methods")
     t.finish()
     return spec
@@ -559,9 +574,9 @@ def _parse_baselines(raw: Any, src: str) -> tuple[Baseline, ...]:
                 raise StudySpecError(
                     f"{src}: field `baselines[{i}].{k}` is not allowed: baselines use the models of [models]"
                 )
-        if fields.get("method") not in METHODS:
+        if fields.get("method") not in method_registry().names():
             raise StudySpecError(
-                f"{src}: field `baselines[{i}].method` is {fields.get('method')!r}; allowed: {', '.join(METHODS)}"
+                f"{src}: field `baselines[{i}].method` is {fields.get('method')!r}; allowed: {', '.join(method_registry().names())}"
             )
         out.append(Baseline(name=name, fields=fields))
     return tuple(out)
@@ -625,14 +640,9 @@ def spec_from_dict(data: dict[str, Any], *, src: str = "<study>", base_dir: Path
         raise StudySpecError(f"{src}: field `sampler.name` 'cmaes' is single-objective; use 'nsga2' or 'tpe'")
     if sampler.name == "grid":
         m = set(space.methods)
-        tv = bool(m & {"task_arithmetic", "ties", "dare_ties", "dare_linear"})
         for fname, p, used in (
-            ("weight", space.weight, bool(m & {"linear", "layer_swap"})),
-            ("vlm_weight", space.vlm_weight, tv),
-            ("llm_weight", space.llm_weight, tv),
-            ("density", space.density, bool(m & {"ties", "dare_ties", "dare_linear"})),
-            ("lambda", space.lambda_, tv),
-            ("start", space.start, "step" in space.schedules or "layer_swap" in m),
+            *((n, space.param(n), bool(m & set(method_registry().using(n)))) for n in SEARCHED),
+            ("start", space.start, "step" in space.schedules or any(method_registry().get(x).schedule for x in m)),
             ("explicit_value", space.explicit_value, "explicit" in space.schedules),
         ):
             if used and not p.fixed and p.step is None:

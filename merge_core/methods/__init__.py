@@ -1,5 +1,7 @@
 """Merge methods, one module each, behind one signature: ``fn(op, vlm, llm, base, out=None) -> Tensor``.
 
+Each method module declares its methods (:class:`~merge_core.methods.registry.MethodDef`: fields, family,
+implementation per compat mode, mergekit name); :mod:`merge_core.methods.registry` collects them.
 Inputs share dtype and device (the output dtype); the result has that dtype; with ``out`` the result is
 written into it (the resident merger's live parameter).  :func:`merge_tensor` adds the shared-rows rule
 for embeddings, so every caller gets the same bits.
@@ -7,28 +9,17 @@ for embeddings, so every caller gets the same bits.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from merge_core.methods import compat_vlm_merging, dare, layer_swap, linear, task_arithmetic, ties
+from merge_core.methods.registry import MergeFn, get
 from merge_core.plan import TensorOp
 
-MergeFn = Callable[..., torch.Tensor]
+__all__ = ["MergeFn", "implementation", "merge_tensor"]
 
-METHODS: dict[tuple[str, str], MergeFn] = {
-    ("mergekit", "linear"): linear.merge,
-    ("mergekit", "layer_swap"): layer_swap.merge,
-    ("mergekit", "task_arithmetic"): task_arithmetic.merge,
-    ("mergekit", "ties"): ties.merge,
-    ("mergekit", "dare_ties"): dare.merge_ties,
-    ("mergekit", "dare_linear"): dare.merge_linear,
-    ("vlm_merging", "linear"): compat_vlm_merging.merge_linear,
-    ("vlm_merging", "layer_swap"): compat_vlm_merging.merge_linear,
-    ("vlm_merging", "ties"): compat_vlm_merging.merge_ties,
-    ("vlm_merging", "dare_ties"): compat_vlm_merging.merge_dare_ties,
-    ("vlm_merging", "dare_linear"): compat_vlm_merging.merge_dare_linear,
-}
+
+def implementation(method: str, compat: str) -> MergeFn:
+    """The function merging one tensor for ``method`` under ``compat`` (KeyError if it has none)."""
+    return get(method).impls[compat]
 
 
 def merge_tensor(
@@ -43,7 +34,7 @@ def merge_tensor(
     ``out`` may be ``vlm`` itself (the streamed merge does this): every method reads an element before
     writing it, and the task-vector selectors look at the whole tensor before the first write.
     """
-    fn = METHODS[(op.compat, op.method)]
+    fn = implementation(op.method, op.compat)
     rows = op.rows
     if rows is None or (
         rows == vlm.shape[0] and rows == llm.shape[0] and (base is None or rows == base.shape[0])

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from merge_core.methods import compat_vlm_merging
 from merge_core.methods.engine import Random, merge_task_vectors
+from merge_core.methods.registry import MethodDef, density, normalize, rescale, task_weights
 from merge_core.plan import TensorOp
 
 
@@ -41,3 +43,17 @@ def merge_linear(
 ) -> torch.Tensor:
     """dare_linear for one tensor."""
     return merge_task_vectors(op, vlm, llm, base, out, _selectors(op), consensus=False)
+
+
+METHODS = (
+    MethodDef(
+        "dare_ties", "task_vector", (*task_weights(), density(), normalize(False), rescale("l1")),
+        {"mergekit": merge_ties, "vlm_merging": compat_vlm_merging.merge_dare_ties},
+        mergekit="dare_ties", mergekit_model_params=("density",), mergekit_params=("rescale",), order=30,
+    ),
+    MethodDef(
+        "dare_linear", "task_vector", (*task_weights(), density(), normalize(False), rescale("l1")),
+        {"mergekit": merge_linear, "vlm_merging": compat_vlm_merging.merge_dare_linear},
+        mergekit="dare_linear", mergekit_model_params=("density",), mergekit_params=("rescale",), order=40,
+    ),
+)  # fmt: skip

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from merge_core.methods import compat_vlm_merging
 from merge_core.methods.engine import one_thread
+from merge_core.methods.registry import MethodDef, weight
 from merge_core.plan import TensorOp
 
 
@@ -28,3 +30,12 @@ def merge(
         if out is None:
             return torch.lerp(vlm, llm, op.weight)
         return torch.lerp(vlm, llm, op.weight, out=out)
+
+
+METHODS = (
+    MethodDef(
+        "linear", "linear", (weight(),),
+        {"mergekit": merge, "vlm_merging": compat_vlm_merging.merge_linear},
+        mergekit="linear", order=0,
+    ),
+)  # fmt: skip

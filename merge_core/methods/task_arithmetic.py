@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from merge_core.methods.engine import Selector, merge_task_vectors
+from merge_core.methods.registry import MethodDef, normalize, task_weights
 from merge_core.plan import TensorOp
 
 
@@ -20,3 +21,11 @@ def merge(
 ) -> torch.Tensor:
     """base + λ·Σ a_i τ_i (normalised by Σ a_i when ``op.normalize``)."""
     return merge_task_vectors(op, vlm, llm, base, out, (Selector(), Selector()), consensus=False)
+
+
+METHODS = (
+    MethodDef(
+        "task_arithmetic", "task_vector", (*task_weights(), normalize(False)), {"mergekit": merge},
+        mergekit="task_arithmetic", order=10,
+    ),
+)  # fmt: skip

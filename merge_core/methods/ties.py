@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from merge_core.methods import compat_vlm_merging
 from merge_core.methods.engine import Magnitude, merge_task_vectors
+from merge_core.methods.registry import MethodDef, density, normalize, rescale, task_weights
 from merge_core.plan import TensorOp
 
 
@@ -24,3 +26,12 @@ def merge(
     assert op.density is not None
     sel = (Magnitude(op.density), Magnitude(op.density))
     return merge_task_vectors(op, vlm, llm, base, out, sel, consensus=True)
+
+
+METHODS = (
+    MethodDef(
+        "ties", "task_vector", (*task_weights(), density(), normalize(True), rescale("none")),
+        {"mergekit": merge, "vlm_merging": compat_vlm_merging.merge_ties},
+        mergekit="ties", mergekit_model_params=("density",), order=20,
+    ),
+)  # fmt: skip

@@ -1,0 +1,77 @@
+"""The method registry: recipes keep their ids, every method is declared once, the readers agree."""
+
+from __future__ import annotations
+
+import pytest
+
+from merge_core.errors import RecipeError
+from merge_core.methods import registry
+from merge_core.recipe import Recipe
+
+# ids computed by the recipe code before the registry existed (commit 5cac9f8)
+PINNED = [
+    ({"vlm": "v", "llm": "l", "method": "linear", "weight": 0.3}, '3a5e3168401c'),
+    ({"vlm": "v", "llm": "l", "method": "layer_swap", "weight": 0.5, "schedule": {"shape": "step", "start": 4}}, 'bf836a16a274'),
+    ({"vlm": "v", "llm": "l", "base": "b", "method": "task_arithmetic", "llm_weight": 0.7, "lambda": 0.9}, 'e02b0a493dd2'),
+    ({"vlm": "v", "llm": "l", "base": "b", "method": "ties", "density": 0.4, "components": ["mlp", "attention"]}, '91a3e3e3e39d'),
+    ({"vlm": "v", "llm": "l", "base": "b", "method": "dare_ties", "density": 0.3, "seed": 7, "schema": "mergesearch.recipe/v1"}, 'b339a915d7ae'),
+    ({"vlm": "v", "llm": "l", "method": "linear", "weight": 0.4, "compat": "vlm_merging", "dtype": "bfloat16"}, 'b475b368c3d7'),
+]
+
+
+@pytest.mark.parametrize(("fields", "rid"), PINNED)
+def test_recipe_ids_unchanged(fields: dict, rid: str) -> None:
+    r = Recipe.from_dict(fields)
+    assert r.id == rid
+    assert Recipe.from_dict(r.to_dict()) == r
+
+
+def test_every_method_has_a_mergekit_impl_and_a_known_family() -> None:
+    for name, m in registry.registry().items():
+        assert m.name == name
+        assert "mergekit" in m.impls
+        assert m.family in registry.FAMILIES
+        assert len({p.name for p in m.params}) == len(m.params)
+
+
+def test_fields_of_other_methods_are_rejected_by_name() -> None:
+    with pytest.raises(RecipeError, match="'density' does not apply to method 'linear'"):
+        Recipe.from_dict({"vlm": "v", "llm": "l", "weight": 0.5, "density": 0.5})
+
+
+def test_study_space_and_export_take_the_registered_methods() -> None:
+    import optuna
+
+    from search.export import mergekit_config
+    from search.space import SearchSpace
+    from search.spec import SEARCHED, spec_from_dict
+
+    searched = {p.name for m in registry.registry().values() for p in m.params if p.searched}
+    assert searched == set(SEARCHED)
+    study = {
+        "name": "t", "n_trials": 4, "models": {"vlm": "org/vlm", "llm": "org/llm", "base": "org/base"},
+        "objectives": {"datasets": ["A"]},
+        "space": {"methods": ["della", "breadcrumbs", "sce"], "density": {"low": 0.3, "high": 0.6}},
+    }  # fmt: skip
+    spec = spec_from_dict(study)
+    space = SearchSpace(spec)
+    seen = set()
+    for t in range(12):
+        trial = optuna.trial.FixedTrial({"method": spec.space.methods[t % 3], "vlm_weight": 1.0,
+                                         "llm_weight": 0.5, "density": 0.4})  # fmt: skip
+        r = Recipe.from_dict(space.suggest(trial))
+        seen.add(r.method)
+        assert (r.density is not None) == (r.method != "sce")
+    assert seen == {"della", "breadcrumbs", "sce"}
+    with pytest.raises(Exception, match="allowed: .*della"):
+        spec_from_dict({**study, "space": {"methods": ["nope"]}})
+    base = {"vlm": "v", "llm": "l", "base": "b", "dtype": "float32"}
+    cfg = mergekit_config({**base, "method": "della", "density": 0.5, "epsilon": 0.1}, n_layers=2)
+    assert cfg["merge_method"] == "della"
+    assert cfg["models"][1]["parameters"]["epsilon"] == 0.1 and cfg["parameters"]["rescale"] is True
+    cfg = mergekit_config({**base, "method": "breadcrumbs", "density": 0.5, "gamma": 0.02}, n_layers=2)
+    assert cfg["merge_method"] == "breadcrumbs" and cfg["models"][0]["parameters"]["gamma"] == 0.02
+    cfg = mergekit_config({**base, "method": "sce", "select_topk": 0.3}, n_layers=2)
+    assert cfg["merge_method"] == "sce" and cfg["parameters"]["select_topk"] == 0.3
+    cfg = mergekit_config({**base, "method": "layer_swap", "weight": 0.5, "schedule": {"shape": "step", "start": 1}}, n_layers=2)
+    assert cfg["merge_method"] == "linear"

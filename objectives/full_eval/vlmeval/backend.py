@@ -1,6 +1,6 @@
 """The VLMEvalKit backend: run VLMEvalKit's own pipeline on a merged checkpoint in its own environment.
 
-One call = one subprocess ``<vlmeval python> vlmeval_launcher.py --config <work_dir>/vlmeval_config.json
+One call = one subprocess ``<vlmeval python> vlmeval/launcher.py --config <work_dir>/vlmeval_config.json
 --work-dir <work_dir>/outputs --reuse [--judge M]``, its output streamed (key redacted) to
 ``<work_dir>/vlmeval.log``; then every dataset's score file is parsed. ``--reuse`` makes a rerun after an
 interruption continue from VLMEvalKit's saved predictions.
@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import JudgeSettingsError, VLMEvalRunError
-from .judge import JudgeSettings, redact_tree
-from .result import VLMEVAL_LABEL, DatasetResult, FullEvalResult
-from .tables import JUDGE_CLASSES, KNOWN_DATASETS, DatasetInfo
-from .vlmeval_config import build_config, check_data, lmudata_root, resolve_datasets, safe_model_name
-from .vlmeval_env import resolve_python
-from .vlmeval_scores import find_score_file, parse_score_file
+from ..errors import JudgeSettingsError, VLMEvalRunError
+from ..judge import JudgeSettings, redact_tree
+from ..result import VLMEVAL_LABEL, DatasetResult, FullEvalResult
+from ..tables import JUDGE_CLASSES, KNOWN_DATASETS, DatasetInfo
+from .config import build_config, check_data, lmudata_root, resolve_datasets, safe_model_name
+from .env import resolve_python
+from .scores import find_score_file, parse_score_file
 
-LAUNCHER = Path(__file__).with_name("vlmeval_launcher.py")
+LAUNCHER = Path(__file__).with_name("launcher.py")
 
 
 def dataset_error(status_path: Path, dataset: str) -> str:

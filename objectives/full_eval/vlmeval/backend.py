@@ -9,13 +9,14 @@ interruption continue from VLMEvalKit's saved predictions.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from merge_core.atomic import write_text_atomic
 
 from ..errors import JudgeSettingsError, VLMEvalRunError
 from ..judge import JudgeSettings, redact_tree
@@ -91,9 +92,7 @@ class VLMEvalBackend:
 
         work_dir.mkdir(parents=True, exist_ok=True)
         config_path = work_dir / "vlmeval_config.json"
-        tmp = config_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(config, indent=2) + "\n")
-        os.replace(tmp, config_path)
+        write_text_atomic(config_path, json.dumps(config, indent=2) + "\n")
         out_dir = work_dir / "outputs"
         cmd = [
             str(python),

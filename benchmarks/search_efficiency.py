@@ -85,8 +85,8 @@ def demo_seed(spec, seed: int, bank, runs: bool, out: Path) -> tuple[float, floa
 
     from rich.console import Console
 
-    from search.cli_study import run_study
     from search.demo_summary import best_baseline, best_searched
+    from search.run import run_study
     from search.storage import open_study
     from search.trials import baseline_trials
 

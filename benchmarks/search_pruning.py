@@ -258,7 +258,7 @@ def throughput(size: str, pruners: list[str], n_trials: int) -> None:
     from rich.console import Console
     from space_replay import toy_spec
 
-    from search.cli_study import run_study
+    from search.run import run_study
     from search.storage import open_study
 
     spec = toy_spec(size, n_trials=n_trials)

@@ -81,10 +81,11 @@ def _print_result(result: ScoreResult, missing: int) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    from merge_core.atomic import write_text_atomic
+
     from .datasets import load_dataset
     from .predictions import check_against, read_predictions
     from .scorer import ScoreResult, score_responses
-    from .tsv import atomic_write_text
 
     dataset = load_dataset(args.dataset, kind=args.kind, root=args.root)
     predictions = read_predictions(args.predictions)
@@ -96,6 +97,6 @@ def _cmd_score(args: argparse.Namespace) -> int:
         payload = result.to_dict()
         payload.update({"dataset": dataset.name, "dataset_md5": dataset.md5, "predictions": str(args.predictions),
                         "kind": dataset.kind, "unscored_indices": missing})  # fmt: skip
-        atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
+        write_text_atomic(args.out, json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0

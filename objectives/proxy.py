@@ -18,8 +18,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from merge_core.atomic import write_text_atomic
+
 from .datasets import IMAGE_REF_MAX_CHARS, Dataset, DatasetError, read_table
-from .tsv import atomic_write_text
 
 MANIFEST_SCHEMA = "mergesearch.proxy/v1"
 VLMEVAL_CLASS = {"mathvista": "MathVista", "mathvision": "MathVision"}
@@ -119,8 +120,8 @@ def make_proxy(dataset: Dataset, n: int, seed: int, out_dir: str | Path, *, name
         "tsv_md5": hashlib.md5(tsv_text.encode("utf-8")).hexdigest(),
         "vlmeval_data_config": {name: {"class": VLMEVAL_CLASS[dataset.kind], "dataset": name}},
     }
-    atomic_write_text(tsv_path, tsv_text)
-    atomic_write_text(out_dir / f"{name}.manifest.json", json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(tsv_path, tsv_text)
+    write_text_atomic(out_dir / f"{name}.manifest.json", json.dumps(manifest, indent=2) + "\n")
     return tsv_path
 
 

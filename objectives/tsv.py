@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,27 +15,14 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from merge_core.atomic import write_text_atomic
+
 
 def encode_image(image: Image.Image, fmt: str = "PNG") -> str:
     """A PIL image as the base64 string VLMEvalKit stores in an ``image`` cell."""
     buf = io.BytesIO()
     image.save(buf, format=fmt)
     return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_tsv(rows: Sequence[dict[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
@@ -48,4 +33,4 @@ def write_tsv(rows: Sequence[dict[str, Any]], path: str | Path, columns: Sequenc
         for r in rows
     ]
     frame = pd.DataFrame(data, columns=cols)
-    return atomic_write_text(path, frame.to_csv(sep="\t", index=False))
+    return write_text_atomic(path, frame.to_csv(sep="\t", index=False))

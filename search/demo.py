@@ -51,11 +51,11 @@ def run_demo(
     console: Console | None = None,
 ) -> dict:
     """Run the demo; returns the paths and numbers it printed."""
-    from search.cli_study import run_study
     from search.evidence import VLM_ALONE, StudyEvidence
     from search.evidence_text import headline
     from search.export import ExportError, export_recipe, write_provenance
     from search.report import write_report
+    from search.run import run_study
     from search.storage import open_study
     from search.trials import trial_attr
 

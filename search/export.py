@@ -15,11 +15,10 @@ components the VLM's (mergekit has no "keep model X" for them).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from merge_core.atomic import write_text_atomic
 from merge_core.errors import MergesearchError
 
 # our components → substrings of tensor names that mergekit's `filter` matches
@@ -28,21 +27,6 @@ _FILTERS = {"attention": "self_attn", "mlp": "mlp", "norm": "norm"}  # "norm" al
 
 class ExportError(MergesearchError):
     """The recipe cannot be written in the requested format."""
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def recipe_json(recipe: dict[str, Any]) -> str:
@@ -207,8 +191,8 @@ def export_recipe(
             "recipe_id": Recipe.from_dict(recipe).id,
             **provenance,
         }
-        write_atomic(provenance_path(out), json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return write_atomic(out, text)
+        write_text_atomic(provenance_path(out), json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return write_text_atomic(out, text)
 
 
 def provenance(ev: Any, trial: Any, how: str) -> dict[str, Any]:
@@ -260,4 +244,4 @@ def write_provenance(recipe_path: Path, ev: Any, trial: Any, how: str) -> Path:
     """:func:`trial_provenance` in :func:`provenance_path` beside an already exported recipe (the recipe
     file itself stays the exact recipe, so it re-merges bit for bit)."""
     record = {"schema": "mergesearch.provenance/v1", **trial_provenance(ev, trial, how)}
-    return write_atomic(provenance_path(recipe_path), json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return write_text_atomic(provenance_path(recipe_path), json.dumps(record, indent=2, sort_keys=True) + "\n")

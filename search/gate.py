@@ -1,14 +1,14 @@
 """Successive halving decided on the worker, so a worker goes on at a rung without a round trip.
 
-At a rung the worker used to wait for the coordinator's verdict: one Ray round trip (~3 ms here) plus the
-coordinator's turn, for most trials of a pruned toy study, whose trials last ~0.5 s. Instead the step
+Waiting at a rung for the coordinator's verdict would cost one Ray round trip (~3 ms here) plus the
+coordinator's turn, for most trials of a pruned toy study, whose trials last ~0.5 s. So the step
 after which successive halving may act carries a :class:`Gate`: the pruner, the rung records of the study
 as the coordinator holds them when it sends the step, and the dataset weights. The worker computes the
 running objective from the trial's records, runs the same Optuna pruner on the same view
 (``search.prune_view.StudyView``) and keeps the verdict. The calls queued behind it carry a condition
 (:class:`When`): the trial's next step runs only if the trial goes on, the next trial's first step only if
 it stopped; the other one returns at once, marked skipped. The verdict and the rung value the pruner
-recorded come back with the step's result; the coordinator writes them to the store as before.
+recorded come back with the step's result; the coordinator writes them to the store.
 
 Semantics. With one worker the verdict is the one ``trial.should_prune()`` would give (the worker adds
 the rung records of its own earlier decisions to what the coordinator sent). With several, a rung record

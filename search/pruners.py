@@ -9,7 +9,7 @@ the weighted mean over datasets of running accuracy, an unbiased estimate of the
   the COMPLETE trials' values at step k. Defaults ``n_startup_trials=3`` (no decision before 3 COMPLETE
   trials, so the first trials — the toy and Qwen studies' three baselines — normally run in full) and
   ``n_warmup_steps=1`` (decide from step 1: steps are 1-based, so 0 and 1 are the same; with every step
-  covering every dataset, the old warm-up of 2 only delayed decisions).
+  covering every dataset, a longer warm-up would only delay decisions).
 * ``percentile``: PercentilePruner, the same rule with the ``percentile``-th best instead of the median;
   defaults ``percentile=25.0`` (continue only in the top quarter), ``n_startup_trials=3``,
   ``n_warmup_steps=2``.

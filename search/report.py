@@ -19,8 +19,8 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from merge_core.atomic import write_text_atomic
 from search.evidence import StudyEvidence
-from search.export import write_atomic
 from search.known_points import report_html  # baselines the sampler learns from; warm starts
 from search.trials import complete_trials, counts_by_state, ranked_trials, trial_attr
 
@@ -203,4 +203,4 @@ def write_report(
     study: optuna.Study, out: Path, *, title: str | None = None, spec: StudySpec | None = None
 ) -> Path:
     """Write :func:`render_report` to ``out`` atomically."""
-    return write_atomic(out, render_report(study, title=title, spec=spec))
+    return write_text_atomic(out, render_report(study, title=title, spec=spec))

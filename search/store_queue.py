@@ -31,7 +31,7 @@ class StoreQueue:
     asked ahead, writes follow the results), while a worker pre-empted between two calls waits for them.
     Measured on this 2-core machine, 2 CPU workers, toy study (benchmarks/search_throughput.py, interleaved
     runs): the workers' idle share between calls fell from 1.75-2.37% to 1.25-1.65%; items scored per second
-    were within the machine's noise (an earlier version of the coordinator gained 12-24%)."""
+    were within the machine's noise."""
 
     def __init__(self, nice: int = 0) -> None:
         self.nice = nice

@@ -131,7 +131,7 @@ class TrialWorker:
         import search.prune_view  # noqa: F401
 
         # the resident models, processor and imports live as long as the worker: out of the collector's
-        # reach, a full collection no longer pauses a step for the time it takes to scan them
+        # reach, a full collection does not pause a step for the time it takes to scan them
         gc.collect()
         gc.freeze()
         self.load_s = time.perf_counter() - t0

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from objectives.full_eval.errors import ScoreFileError, VLMEvalRunError
-from objectives.full_eval.vlmeval_scores import find_score_file, parse_score_file
+from objectives.full_eval.vlmeval.scores import find_score_file, parse_score_file
 
 # (task, skills, correct) per item, like MathVista testmini rows after judging.
 MATHVISTA_ITEMS = [

@@ -1,6 +1,6 @@
 """The VLMEvalKit backend: --config generation, data checks, judge settings, and a run through our launcher.
 
-The end-to-end tests run the real launcher (objectives/full_eval/vlmeval_launcher.py) with a separate
+The end-to-end tests run the real launcher (objectives/full_eval/vlmeval/launcher.py) with a separate
 interpreter (the base Python, not mergesearch's venv) whose ``vlmeval`` package is a small stand-in for
 VLMEvalKit's ``run.py``: it reads our config, echoes the judge key the way VLMEvalKit logs ``judge_kwargs``,
 and writes score files in VLMEvalKit's format from the TSVs (an item is answered correctly iff its index is
@@ -33,8 +33,8 @@ from objectives.full_eval.errors import (
 )
 from objectives.full_eval.judge import JudgeSettings
 from objectives.full_eval.tables import dataset_info
-from objectives.full_eval.vlmeval_config import build_config, check_data, resolve_datasets
-from objectives.full_eval.vlmeval_env import check_python
+from objectives.full_eval.vlmeval.config import build_config, check_data, resolve_datasets
+from objectives.full_eval.vlmeval.env import check_python
 
 SECRET = "sk-test-3f9c1e7d5b2a"
 
@@ -368,7 +368,7 @@ def test_launcher_rebinds_transformers4_processor_call_order(tmp_path: Path) -> 
     code = textwrap.dedent(f"""
         from PIL import Image
         from transformers import AutoProcessor
-        from objectives.full_eval.vlmeval_launcher import patch_processor_argument_order
+        from objectives.full_eval.vlmeval.launcher import patch_processor_argument_order
         proc = AutoProcessor.from_pretrained({str(model)!r})
         image = Image.new("RGB", (32, 32), (9, 99, 199))
         text = proc.apply_chat_template([{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "2+2?"}}]}}], add_generation_prompt=True)

@@ -11,7 +11,7 @@ import pytest
 import transformers
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from objectives.full_eval import vlmeval_launcher as launcher
+from objectives.full_eval.vlmeval import launcher
 
 
 @pytest.fixture()

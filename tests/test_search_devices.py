@@ -14,9 +14,9 @@ import merge_core.memory_plan as mp
 import search.resolve
 from merge_core.memory_plan import MemoryPlanError
 from search.cli import main as cli_main
-from search.cli_study import plan_sources
 from search.coordinator import Coordinator, WorkerStartError
 from search.resolve import Resolved
+from search.run import plan_sources
 from search.spec import StudySpecError, merge_components, spec_from_dict
 from tests.tiny.models import cached_trio
 

@@ -19,9 +19,9 @@ import optuna
 import pytest
 
 from search.cli import main as cli_main
-from search.cli_study import run_study
 from search.evidence import StudyEvidence
 from search.evidence_text import headline
+from search.run import run_study
 from search.spec import load_spec
 from search.storage import open_study
 from search.trials import trial_attr

@@ -15,7 +15,7 @@ import torch
 from optuna.trial import TrialState
 
 from search.cli import main as cli_main
-from search.cli_study import run_study
+from search.run import run_study
 from search.spec import load_spec
 from search.storage import open_study
 from search.trials import baseline_trials, ranked_trials

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from merge_core.atomic import write_text_atomic
+
 from .errors import FullEvalError
 from .result import BUILTIN_LABEL, DatasetResult, FullEvalResult
 
@@ -110,9 +112,7 @@ class BuiltinBackend:
         result = FullEvalResult(
             backend=self.name, label=self.label, per_dataset=per_dataset, work_dir=str(work_dir)
         )
-        tmp = work_dir / "result.json.tmp"
-        tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        os.replace(tmp, work_dir / "result.json")
+        write_text_atomic(work_dir / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
         return result
 
     def _load(self, model_dir: Path) -> tuple[Any, Any]:

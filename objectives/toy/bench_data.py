@@ -14,7 +14,6 @@ import base64
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,9 +23,7 @@ from objectives.datasets import load_dataset
 from objectives.proxy import make_proxy
 from objectives.toy import tasks
 from objectives.toy.render import BLANK, render
-
-if TYPE_CHECKING:
-    from objectives.toy.build import ToySize
+from objectives.toy.sizes import ToySize
 
 VISTA = "MathVista_TOY"
 MATHV = "MathVision_TOY"

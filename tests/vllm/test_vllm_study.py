@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from search.cli_study import run_study
+from search.run import run_study
 from search.spec import load_spec
 from search.storage import open_study
 from tests.vllm.world import build_world

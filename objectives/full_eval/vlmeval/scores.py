@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import ScoreFileError, VLMEvalRunError
-from .result import DatasetResult
-from .tables import LAYOUTS, ScoreLayout
+from ..errors import ScoreFileError, VLMEvalRunError
+from ..result import DatasetResult
+from ..tables import LAYOUTS, ScoreLayout
 
 
 def _number(value: object, path: Path, where: str) -> float:

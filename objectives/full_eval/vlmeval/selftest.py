@@ -26,7 +26,7 @@ DATASET = "ToyVista_GQA"
 
 
 def _cache() -> Path:
-    from .vlmeval_env import default_env_dir
+    from .env import default_env_dir
 
     return default_env_dir().parent / "selftest"
 
@@ -113,7 +113,7 @@ def rescore_edited(backend, model_dir: Path, pred_file: Path, work: Path) -> tup
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m objectives.full_eval.vlmeval_selftest", description=__doc__.splitlines()[0]
+        prog="python -m objectives.full_eval.vlmeval.selftest", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
         "--python",
@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     from merge_core import Recipe, merge_to_disk
     from objectives.toy import build_toy_world
 
-    from .vlmeval import VLMEvalBackend
-    from .vlmeval_env import resolve_python
+    from .backend import VLMEvalBackend
+    from .env import resolve_python
 
     t0 = time.perf_counter()
     python = resolve_python(args.python, create=True)

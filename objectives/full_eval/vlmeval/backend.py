@@ -1,6 +1,6 @@
 """The VLMEvalKit backend: run VLMEvalKit's own pipeline on a merged checkpoint in its own environment.
 
-One call = one subprocess ``<vlmeval python> vlmeval_launcher.py --config <work_dir>/vlmeval_config.json
+One call = one subprocess ``<vlmeval python> vlmeval/launcher.py --config <work_dir>/vlmeval_config.json
 --work-dir <work_dir>/outputs --reuse [--judge M]``, its output streamed (key redacted) to
 ``<work_dir>/vlmeval.log``; then every dataset's score file is parsed. ``--reuse`` makes a rerun after an
 interruption continue from VLMEvalKit's saved predictions.
@@ -9,7 +9,6 @@ interruption continue from VLMEvalKit's saved predictions.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,15 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import JudgeSettingsError, VLMEvalRunError
-from .judge import JudgeSettings, redact_tree
-from .result import VLMEVAL_LABEL, DatasetResult, FullEvalResult
-from .tables import JUDGE_CLASSES, KNOWN_DATASETS, DatasetInfo
-from .vlmeval_config import build_config, check_data, lmudata_root, resolve_datasets, safe_model_name
-from .vlmeval_env import resolve_python
-from .vlmeval_scores import find_score_file, parse_score_file
+from merge_core.atomic import write_text_atomic
 
-LAUNCHER = Path(__file__).with_name("vlmeval_launcher.py")
+from ..errors import JudgeSettingsError, VLMEvalRunError
+from ..judge import JudgeSettings, redact_tree
+from ..result import VLMEVAL_LABEL, DatasetResult, FullEvalResult
+from ..tables import JUDGE_CLASSES, KNOWN_DATASETS, DatasetInfo
+from .config import build_config, check_data, lmudata_root, resolve_datasets, safe_model_name
+from .env import resolve_python
+from .scores import find_score_file, parse_score_file
+
+LAUNCHER = Path(__file__).with_name("launcher.py")
 
 
 def dataset_error(status_path: Path, dataset: str) -> str:
@@ -91,9 +92,7 @@ class VLMEvalBackend:
 
         work_dir.mkdir(parents=True, exist_ok=True)
         config_path = work_dir / "vlmeval_config.json"
-        tmp = config_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(config, indent=2) + "\n")
-        os.replace(tmp, config_path)
+        write_text_atomic(config_path, json.dumps(config, indent=2) + "\n")
         out_dir = work_dir / "outputs"
         cmd = [
             str(python),

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DatasetFileError, FullEvalError, ModelFamilyError
-from .tables import KNOWN_DATASETS, MODEL_CLASSES, DatasetInfo, dataset_info
+from ..errors import DatasetFileError, FullEvalError, ModelFamilyError
+from ..tables import KNOWN_DATASETS, MODEL_CLASSES, DatasetInfo, dataset_info
 
 
 def lmudata_root(root: str | Path | None = None) -> Path:

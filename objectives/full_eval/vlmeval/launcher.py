@@ -1,6 +1,6 @@
 """Run VLMEvalKit's own ``run.py`` entry point, after adapting its model wrappers to a machine without a GPU.
 
-This file is executed by VLMEvalKit's interpreter (``<vlmeval python> vlmeval_launcher.py <run.py args>``),
+This file is executed by VLMEvalKit's interpreter (``<vlmeval python> vlmeval/launcher.py <run.py args>``),
 not imported by mergesearch: it may only use the stdlib and what that environment has (vlmeval, torch,
 transformers). The arguments are VLMEvalKit's ``run.py`` arguments, passed through unchanged.
 

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import VLMEvalEnvError
+from ..errors import VLMEvalEnvError
 
 # The release whose run.py options and score-file formats this adapter was written against.
 VLMEVAL_PIP_SPEC = os.environ.get("MERGESEARCH_VLMEVAL_SPEC", "ms-vlmeval==0.0.20")

@@ -205,3 +205,140 @@ def plan_for_checkpoints(
         for f in files:
             if f is not None:
                 f.close()
+
+
+# --- the vllm engine (objectives.engines.vllm_engine) ------------------------------------------------------
+#
+# vLLM keeps its own copy of the whole VLM and a KV cache; the update path (merge_core.updates.WeightUpdates)
+# keeps the merge sources — pristine VLM, LLM and base tensors of the searched components — on the engine's
+# device in the model dtype, outside vLLM's share, and merges there (the same scratch as above):
+#
+#     GPU: vllm = gpu_memory_utilization · total   (vLLM's share: weights, KV cache, activations);
+#          kv   = vllm − model   (must be > 0, or vLLM has no room for a KV cache)
+#     CPU: kv   = kv_cache_memory_bytes;  vllm = model + kv   (activations: ``reserve``, left free)
+#     on the device = vllm + pristine + llm + base + scratch;   fits when free − on the device ≥ reserve
+
+
+@dataclass(frozen=True)
+class VllmMemoryPlan:
+    """Bytes of the vllm engine on one device (formulas above); ``reserve`` is 0 on a GPU (inside vLLM's
+    share)."""
+
+    device: str
+    free: int
+    reserve: int
+    model: int
+    kv_cache: int
+    pristine: int
+    llm: int
+    base: int
+    scratch: int
+
+    @property
+    def vllm(self) -> int:
+        """vLLM's own bytes: its weights and its KV cache."""
+        return self.model + self.kv_cache
+
+    def on_device(self) -> int:
+        return self.vllm + self.pristine + self.llm + self.base + self.scratch
+
+    def left(self) -> int:
+        return self.free - self.on_device()
+
+    def fits(self) -> bool:
+        return self.kv_cache > 0 and self.left() >= self.reserve
+
+    def summary(self) -> str:
+        """One line: the GB per part, the total and what is left."""
+        g = lambda n: f"{n / GB:.3g}"  # noqa: E731
+        return (
+            f"memory plan on {self.device} ({g(self.free)} GB free): engine 'vllm': weights {g(self.model)} GB, "
+            f"KV cache {g(self.kv_cache)}; update sources: pristine {g(self.pristine)}, llm {g(self.llm)}, "
+            f"base {g(self.base)}, merge scratch {g(self.scratch)}; {g(self.on_device())} GB on the device, "
+            f"{g(self.left())} GB left (reserve {g(self.reserve)})"
+        )
+
+
+def plan_vllm_memory(
+    tmap: TensorMap,
+    dtype: torch.dtype,
+    components: Iterable[str],
+    *,
+    device: torch.device,
+    free: int,
+    total: int | None = None,
+    gpu_memory_utilization: float = 0.5,
+    kv_cache_bytes: int = 64 << 20,
+) -> VllmMemoryPlan:
+    """The vllm engine's plan with ``free`` bytes on ``device`` (``total``: the accelerator's size, needed
+    off the CPU). Raises MemoryPlanError (one line, before anything loads) when it cannot fit."""
+    hf = plan_memory(tmap, dtype, components, device=device, free=1 << 62, sources="device", reserve=0)
+    accelerator = device.type != "cpu"
+    if accelerator:
+        if total is None:
+            raise MemoryPlanError(f"the vllm memory plan on {device} needs the device's total memory")
+        kv = int(gpu_memory_utilization * total) - hf.model
+        reserve = 0
+    else:
+        kv, reserve = kv_cache_bytes, MIN_RESERVE
+    plan = VllmMemoryPlan(
+        device=str(device), free=free, reserve=reserve, model=hf.model, kv_cache=kv, pristine=hf.pristine,
+        llm=hf.llm, base=hf.base, scratch=hf.scratch,
+    )  # fmt: skip
+    if plan.kv_cache <= 0:
+        raise MemoryPlanError(
+            f"engine 'vllm' on {device}: gpu_memory_utilization {gpu_memory_utilization} gives vLLM "
+            f"{gpu_memory_utilization * (total or 0) / GB:.2f} GB, less than the model's {plan.model / GB:.2f} GB "
+            "of weights; raise objectives.vllm.gpu_memory_utilization or use a bigger device"
+        )
+    if not plan.fits():
+        raise MemoryPlanError(
+            f"engine 'vllm' does not fit {device}: vLLM {plan.vllm / GB:.2f} GB (weights + KV cache) plus "
+            f"{(plan.pristine + plan.llm + plan.base + plan.scratch) / GB:.2f} GB of update sources and scratch, "
+            f"plus {plan.reserve / GB:.2f} GB reserve, and {free / GB:.2f} GB are free; lower "
+            "objectives.vllm.gpu_memory_utilization / kv_cache_mb, search fewer components, or use engine = 'hf'"
+        )
+    return plan
+
+
+def total_memory(device: torch.device) -> int | None:
+    """The accelerator's size in bytes (``torch.<type>.mem_get_info``); None for the CPU (no fixed share)."""
+    if device.type == "cpu":
+        return None
+    _free, total = torch.get_device_module(device.type).mem_get_info(device)
+    return int(total)
+
+
+def plan_vllm_for_checkpoints(
+    vlm: str,
+    llm: str,
+    base: str | None,
+    *,
+    device: torch.device,
+    dtype: str | None,
+    components: Iterable[str],
+    workers: int = 1,
+    gpu_memory_utilization: float = 0.5,
+    kv_cache_bytes: int = 64 << 20,
+) -> VllmMemoryPlan:
+    """:func:`plan_vllm_memory` for checkpoint directories (headers only), each worker's share of the free
+    memory (:func:`merge_core.devices.free_per_worker`): what a study with engine = "vllm" checks first."""
+    from merge_core.devices import free_per_worker
+    from merge_core.io import DTYPE_NAMES, ModelFiles
+    from merge_core.plan import output_dtype
+    from merge_core.recipe import Recipe
+    from merge_core.tensor_map import preflight
+
+    files = [ModelFiles(vlm, "vlm"), ModelFiles(llm, "llm"), ModelFiles(base, "base") if base else None]
+    try:
+        tmap = preflight(*files)
+        dt = DTYPE_NAMES[dtype] if dtype else output_dtype(Recipe(vlm=vlm, llm=llm), tmap)
+        return plan_vllm_memory(
+            tmap, dt, components, device=device, free=free_per_worker(device, workers),
+            total=total_memory(device), gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_bytes=kv_cache_bytes,
+        )  # fmt: skip
+    finally:
+        for f in files:
+            if f is not None:
+                f.close()

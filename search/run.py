@@ -72,6 +72,17 @@ def plan_sources(spec: StudySpec, resolved: Any, console: Console) -> StudySpec:
     if not all(Path(p).is_dir() for p in (resolved.vlm, resolved.llm, resolved.base) if p):
         return spec
     device = resolve_device(spec.models.device, workers=spec.workers, field="models.device")
+    if spec.objectives.engine == "vllm":  # vLLM's weights + KV cache and the update sources: no tier to fix
+        from merge_core.memory_plan import plan_vllm_for_checkpoints
+
+        opts = spec.objectives.vllm
+        vplan = plan_vllm_for_checkpoints(
+            resolved.vlm, resolved.llm, resolved.base, device=device, dtype=spec.models.dtype,
+            components=merge_components(spec), workers=spec.workers,
+            gpu_memory_utilization=opts.gpu_memory_utilization, kv_cache_bytes=opts.kv_cache_mb << 20,
+        )  # fmt: skip
+        console.print(f"each of {spec.workers} worker(s): {vplan.summary()}", highlight=False)
+        return spec
     plan = plan_for_checkpoints(
         resolved.vlm, resolved.llm, resolved.base, device=device, dtype=spec.models.dtype,
         components=merge_components(spec), sources=spec.models.sources, workers=spec.workers,

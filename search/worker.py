@@ -139,6 +139,7 @@ class TrialWorker:
     def info(self) -> dict[str, Any]:
         """Host, pid, device, load time, memory tier and plan, the step plan (per step, [dataset, items] of
         each chunk) and the effective generation settings (``GenerationConfig.to_dict()``)."""
+        plan = self.merger.memory_plan if self.merger is not None else getattr(self.engine, "memory_plan", None)
         return {
             "worker": self.label,
             "host": socket.gethostname(),
@@ -147,7 +148,7 @@ class TrialWorker:
             "engine": self.engine_name,
             "load_s": self.load_s,
             "sources": self.merger.sources if self.merger is not None else None,
-            "memory_plan": self.merger.memory_plan.summary() if self.merger is not None else None,
+            "memory_plan": plan.summary() if plan is not None else None,
             "steps": [[[c.dataset, len(c.indices)] for c in step] for step in self.steps],
             "datasets": {d.name: len(d.items) for d in self.datasets},
             "generation": self.generation.to_dict(),

@@ -9,7 +9,14 @@ import torch
 from merge_core import ResidentMerger
 from merge_core.devices import free_per_worker
 from merge_core.io import ModelFiles
-from merge_core.memory_plan import MemoryPlanError, plan_for_checkpoints, plan_memory
+from merge_core.memory_plan import (
+    MemoryPlanError,
+    plan_for_checkpoints,
+    plan_memory,
+    plan_vllm_for_checkpoints,
+    plan_vllm_memory,
+    total_memory,
+)
 from merge_core.recipe import COMPONENTS, DEFAULT_COMPONENTS
 from merge_core.tensor_map import preflight
 from tests.real_shapes import FAMILIES, llm_config, meta_model, vlm_config, write_checkpoint
@@ -136,3 +143,79 @@ def test_plan_matches_what_the_device_tier_holds(tmp_path_factory):
         plan.llm,
         plan.base,
     )
+
+
+# --- engine = "vllm": vLLM's weights and KV cache plus the update path's sources -----------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vllm_plan_equals_the_sum_of_what_it_plans_for(real_trios, family):
+    root, vm, lm = real_trios[family]
+    tmap = preflight(*[ModelFiles(root / k, k) for k in ("vlm", "llm", "base")])
+    total = 80 * 10**9
+    gpu = plan_vllm_memory(
+        tmap, torch.bfloat16, DEFAULT_COMPONENTS, device=GPU, free=10**12, total=total, gpu_memory_utilization=0.5
+    )
+    hf = plan_memory(tmap, torch.bfloat16, DEFAULT_COMPONENTS, device=GPU, free=10**12, sources="device")
+    held = set(DEFAULT_COMPONENTS)
+    sources = _bytes(vm, lambda n: n.startswith(LM_PREFIX[family]) and _component(n) in held)
+    sources += 2 * _bytes(lm, lambda n: _component(n) in held)  # the LLM's and the base's partners
+    assert gpu.model == _bytes(vm)
+    assert gpu.kv_cache == total // 2 - _bytes(vm) > 0  # vLLM's share less its weights
+    assert gpu.pristine + gpu.llm + gpu.base == sources
+    assert gpu.scratch == hf.scratch > 0 and gpu.reserve == 0
+    assert gpu.on_device() == total // 2 + sources + gpu.scratch
+    assert gpu.left() == 10**12 - gpu.on_device()
+    cpu = plan_vllm_memory(
+        tmap, torch.bfloat16, DEFAULT_COMPONENTS, device=torch.device("cpu"), free=10**12,
+        kv_cache_bytes=3 << 30,
+    )  # fmt: skip
+    assert cpu.kv_cache == 3 << 30 and cpu.reserve > 0
+    assert cpu.on_device() == _bytes(vm) + (3 << 30) + sources + cpu.scratch
+    assert "engine 'vllm'" in cpu.summary() and "KV cache" in cpu.summary()
+
+
+def test_vllm_plan_refuses_what_cannot_fit(real_trios):
+    root, vm, _ = real_trios["qwen2_5_vl"]
+    tmap = preflight(*[ModelFiles(root / k, k) for k in ("vlm", "llm", "base")])
+    total = 80 * 10**9
+    kw = dict(device=GPU, total=total, gpu_memory_utilization=0.5)
+    fits = plan_vllm_memory(tmap, torch.bfloat16, COMPONENTS, free=10**12, **kw)
+    need = fits.on_device()
+    assert plan_vllm_memory(tmap, torch.bfloat16, COMPONENTS, free=need, **kw).left() == 0
+    with pytest.raises(MemoryPlanError, match=r"engine 'vllm' does not fit cuda.*GB are free"):
+        plan_vllm_memory(tmap, torch.bfloat16, COMPONENTS, free=need - 1, **kw)
+    share = (_bytes(vm) - 1) / total  # vLLM's share one byte short of the weights: no KV cache
+    with pytest.raises(MemoryPlanError, match="less than the model's .* GB of weights"):
+        plan_vllm_memory(
+            tmap, torch.bfloat16, COMPONENTS, device=GPU, free=10**12, total=total, gpu_memory_utilization=share
+        )
+    cpu = torch.device("cpu")
+    small = plan_vllm_memory(tmap, torch.bfloat16, COMPONENTS, device=cpu, free=10**12)
+    with pytest.raises(MemoryPlanError, match="engine 'vllm' does not fit cpu"):
+        plan_vllm_memory(
+            tmap, torch.bfloat16, COMPONENTS, device=cpu, free=small.on_device() + small.reserve - 1
+        )
+    with pytest.raises(MemoryPlanError, match="needs the device's total memory"):
+        plan_vllm_memory(tmap, torch.bfloat16, COMPONENTS, device=GPU, free=10**12)
+
+
+def test_vllm_plan_for_checkpoints_reads_the_device(real_trios, monkeypatch):
+    import merge_core.devices as devices
+
+    root, vm, _ = real_trios["qwen2_5_vl"]
+    total = 80 * 10**9
+    monkeypatch.setattr(devices, "free_memory", lambda device: 7 * 10**11)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (70 * 10**9, total))
+    assert total_memory(torch.device("cpu")) is None
+    assert total_memory(GPU) == total
+    args = [str(root / k) for k in ("vlm", "llm", "base")]
+    plan = plan_vllm_for_checkpoints(
+        *args, device=GPU, dtype="bfloat16", components=DEFAULT_COMPONENTS, gpu_memory_utilization=0.6
+    )
+    assert plan.free == 7 * 10**11 and plan.kv_cache == int(0.6 * total) - _bytes(vm)
+    cpu = plan_vllm_for_checkpoints(
+        *args, device=torch.device("cpu"), dtype="bfloat16", components=DEFAULT_COMPONENTS, workers=7,
+        kv_cache_bytes=1 << 30,
+    )  # fmt: skip
+    assert cpu.free == 10**11 and cpu.kv_cache == 1 << 30  # CPU workers share the host's RAM

@@ -33,6 +33,7 @@ from .settings import processor_kwargs, sampling_kwargs
 
 if TYPE_CHECKING:
     from merge_core import Recipe
+    from merge_core.memory_plan import VllmMemoryPlan
     from objectives.datasets import Item
     from objectives.generation import Generation, Generator
 
@@ -95,9 +96,27 @@ class VLLMEngine:
         self.options = options or VllmOptions()
         self.updates = WeightUpdates(vlm, llm, base, dtype=dtype, device=device)
         self.dtype = str(self.updates.dtype).removeprefix("torch.")
+        self.memory_plan = self._plan()  # MemoryPlanError (one line) here, before vLLM loads anything
         self.longest_prompt = 0
         self.llm: Any = None
         self.last_update: dict[str, float] = {}
+
+    def _plan(self) -> VllmMemoryPlan:
+        """vLLM's weights and KV cache plus the update sources of every language-model component, on this
+        worker's device (:func:`merge_core.memory_plan.plan_vllm_memory`)."""
+        import torch
+
+        from merge_core.devices import free_per_worker
+        from merge_core.memory_plan import plan_vllm_memory, total_memory
+        from merge_core.recipe import COMPONENTS
+
+        device = torch.device(self.device)
+        return plan_vllm_memory(
+            self.updates.tmap, self.updates.dtype, COMPONENTS, device=device,
+            free=free_per_worker(device, 1), total=total_memory(device),
+            gpu_memory_utilization=self.options.gpu_memory_utilization,
+            kv_cache_bytes=self.options.kv_cache_mb << 20,
+        )  # fmt: skip
 
     def prepare(self, items: Sequence[Item], dataset_name: str | None = None) -> None:
         """Run the processor over ``items`` (the HF generator's cache) and note the longest prompt."""
@@ -142,7 +161,15 @@ class VLLMEngine:
         )
         # the HF generator's own decoding (special tokens skipped, cut before a stop string, stripped), so
         # equal token ids give equal responses in both engines
-        return [self.generator._text(list(o.outputs[0].token_ids)) for o in outs]
+        return [self.generator._text(self._before_eos(list(o.outputs[0].token_ids))) for o in outs]
+
+    def _before_eos(self, ids: list[int]) -> list[int]:
+        """``ids`` up to the first of the config's ``eos_token_ids`` (excluded), as the HF generator keeps
+        them: vLLM's output holds the stop token, and an added eos id need not be a special token that
+        decoding skips."""
+        eos = set(getattr(self.generator.config, "eos_token_ids", ()) or ())
+        end = next((j for j, t in enumerate(ids) if t in eos), len(ids))
+        return ids[:end]
 
     def generate_results(self, items: Sequence[Item], dataset_name: str | None = None) -> list[Generation]:
         """:meth:`generate` as :class:`~objectives.generation.Generation` records (vLLM schedules its own

@@ -5,9 +5,11 @@ Per-item outcomes (``{dataset: {item index: correct}}``) come from
 
 * the proxy: ``<output_dir>/records/trial_<n>.jsonl`` (one JSON record per scored item, written by the
   coordinator when the trial ends; a pruned trial's records stop at the items it reached);
-* the full sets: the built-in backend's ``<work_dir>/records.jsonl`` (one line per scored chunk). The
-  VLMEvalKit backend's per-item results are not read: its full scores get a Wilson interval from
-  ``overall`` and ``n`` where ``n`` is known, and no paired test or held-out score.
+* the full sets: ``<work_dir>/records.jsonl`` (one line per scored chunk) of the built-in backend, and of
+  the VLMEvalKit backend, whose predictions files are re-scored by the same rules
+  (:mod:`objectives.full_eval.vlmeval.records`): there the per-item outcomes, hence the paired tests and
+  held-out scores, are rule-based, not VLMEvalKit's judge. Without that file (a dataset class we have no
+  rule for), full scores get a Wilson interval from ``overall`` and ``n`` where ``n`` is known.
 
 Held-out items: a full dataset less the items of the proxy drawn from it (the proxy manifest's
 ``indices``, :mod:`objectives.proxy`). The study's answer (:meth:`StudyEvidence.answer`) is the promoted
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from merge_core.errors import MergesearchError
 from objectives.stats import Estimate, PairedGain, paired_gain, weighted_accuracy, wilson
-from search.objective_values import short_name
+from search.objective_values import short_name, weight_of
 from search.trials import baseline_trials, ranked_trials
 
 if TYPE_CHECKING:
@@ -55,9 +57,9 @@ def read_proxy_outcomes(records_dir: Path, number: int) -> Outcomes | None:
 
 
 def read_full_outcomes(full_eval: Any) -> Outcomes | None:
-    """Per-item outcomes of a stored ``full_eval`` (built-in backend: its ``records.jsonl``), restricted to
-    the datasets it reports; None for other backends or when the file is gone."""
-    if not isinstance(full_eval, dict) or full_eval.get("backend") != "builtin":
+    """Per-item outcomes of a stored ``full_eval`` (builtin / vlmeval backends: its ``records.jsonl``),
+    restricted to the datasets it reports; None for other backends or when the file is gone."""
+    if not isinstance(full_eval, dict) or full_eval.get("backend") not in ("builtin", "vlmeval"):
         return None
     path = Path(str(full_eval.get("work_dir", ""))) / "records.jsonl"
     if not path.is_file():
@@ -130,6 +132,16 @@ def proxy_manifests(spec: StudySpec) -> dict[str, Any]:
     return out
 
 
+def proxy_dataset_names(spec: StudySpec) -> list[str]:
+    """The study's dataset names as the proxy records name them: each listed dataset and, with
+    ``proxy_size``, the proxy drawn from it (:func:`objectives.proxy.proxy_name`)."""
+    from objectives.proxy import proxy_name
+
+    size = spec.objectives.proxy_size
+    names = [short_name(d) for d in spec.objectives.datasets]
+    return names + ([proxy_name(d, size) for d in names] if size else [])
+
+
 @dataclass
 class Scored:
     """One trial's scores in one scope: per dataset and weighted, each with its interval."""
@@ -148,9 +160,7 @@ class StudyEvidence:
         self.records_dir = Path(spec.output_dir) / "records" if spec is not None else None
         self.proxy_weights: dict[str, float] = {}
         if spec is not None:  # the weighted objective's weights (constrained mode: shown, not told)
-            self.proxy_weights = {
-                short_name(d): spec.objectives.weight(short_name(d)) for d in spec.objectives.datasets
-            }
+            self.proxy_weights = {n: weight_of(spec, n) for n in proxy_dataset_names(spec)}
         manifests = {}
         if spec is not None:
             try:

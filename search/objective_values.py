@@ -33,7 +33,19 @@ def dataset_weights(spec: StudySpec, datasets: tuple[str, ...]) -> dict[str, flo
     c = getattr(spec.objectives, "constrained", None)
     if c is not None:
         return {d: float(short_name(d) in c.targets) for d in datasets}
-    return {d: spec.objectives.weight(short_name(d)) for d in datasets}
+    return {d: weight_of(spec, short_name(d)) for d in datasets}
+
+
+def weight_of(spec: StudySpec, name: str) -> float:
+    """The study file's weight of dataset ``name``; with ``proxy_size`` a weight given to a source dataset
+    (``MathVista_MINI``) is also its proxy's (``MathVista_PROXY200``, :func:`objectives.proxy.proxy_name`)."""
+    obj = spec.objectives
+    if name in obj.weights or not obj.proxy_size:
+        return obj.weight(name)
+    from objectives.proxy import proxy_name
+
+    source = next((s for s in obj.weights if proxy_name(s, obj.proxy_size) == name), name)
+    return obj.weight(source)
 
 
 def objective_values(scores: dict[str, float], spec: StudySpec, datasets: tuple[str, ...]) -> list[float]:

@@ -449,10 +449,14 @@ def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
     ):
         raise t.fail("weights", f"must be a table of non-negative numbers, got {raw_w!r}")
     if datasets:
-        unknown = [k for k in raw_w if k not in datasets]
+        from search.spec_weights import unknown_weight_keys
+
+        unknown = unknown_weight_keys(raw_w, datasets, t.get("proxy_size", 0))
         if unknown:
             raise t.fail(
-                "weights", f"names {unknown!r}, which are not in objectives.datasets {list(datasets)!r}"
+                "weights",
+                f"names {unknown!r}, which match no dataset of objectives.datasets {list(datasets)!r} "
+                "(nor its proxy); key a weight by a listed dataset's name",
             )
     if raw_w and sum(raw_w.get(d, 1.0) for d in datasets) <= 0:
         raise t.fail("weights", "sum to zero; give at least one dataset a positive weight")

@@ -172,8 +172,18 @@ def main():
             rows = list(csv.DictReader(open(os.path.join(os.environ["LMUData"], ds + ".tsv")), delimiter="\t"))
             col = "task" if d["class"] == "MathVista" else "category"
             tot, hit = defaultdict(int), defaultdict(int)
+            mod = int(os.environ.get("FAKE_MOD", "3"))
+            preds = os.path.join(out, "T20260101_Gfake", f"{model_name}_{ds}.tsv")  # VLMEvalKit: a run folder
+            os.makedirs(os.path.dirname(preds), exist_ok=True)
+            with open(preds, "w", newline="") as f:
+                w = csv.writer(f, delimiter="\t")
+                w.writerow(["index", "answer", "prediction"])
+                w.writerows([r["index"], r["answer"], r["answer"] if int(r["index"]) % mod else "-7"] for r in rows)
+            link = os.path.join(out, os.path.basename(preds))  # ...and links in the model folder
+            if not os.path.lexists(link):
+                os.symlink(preds, link)
             for r in rows:
-                ok = int(r["index"]) % 3 != 0
+                ok = int(r["index"]) % mod != 0
                 for k in ("Overall", r[col]):
                     tot[k] += 1
                     hit[k] += ok

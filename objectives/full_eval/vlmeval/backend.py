@@ -24,6 +24,7 @@ from ..result import VLMEVAL_LABEL, DatasetResult, FullEvalResult
 from ..tables import JUDGE_CLASSES, KNOWN_DATASETS, DatasetInfo
 from .config import build_config, check_data, lmudata_root, resolve_datasets, safe_model_name
 from .env import resolve_python
+from .records import write_item_records
 from .scores import find_score_file, parse_score_file
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
@@ -127,6 +128,7 @@ class VLMEvalBackend:
                 hint = f"VLMEvalKit's error for it: {reason}" if reason else f"last lines: {' | '.join(tail)}"
                 raise VLMEvalRunError(f"{err}; log: {log_path}; {hint}") from None
             per_dataset[info.name] = parse_score_file(path, info.cls)
+        write_item_records(work_dir, model_name, infos, root, log=self.log)  # per-item, for paired tests
         # the judge decides what MathVista / MATH-V numbers mean, so it is part of the label
         label = f"{self.label} (judge: {self.judge.model or 'VLMEvalKit default'})"
         return FullEvalResult(backend=self.name, label=label, per_dataset=per_dataset, work_dir=str(work_dir))

@@ -3,12 +3,13 @@
 First the study's answer (the best on the held-out items once promoted, with 95% intervals and paired
 gains over the baselines, or "no recipe beat the VLM alone at 95%"), the top recipes as readable rows, and
 the field's plots (search.report_evidence): the perception/reasoning trade-off of every trial, the gain
-per dataset over each baseline, the per-layer LLM weight, proxy vs held-out. Then the stock plots from
-``optuna.visualization`` (plotly): optimization history, parameter importances, the
+per dataset of every top trial over each baseline, the per-layer LLM weight, proxy vs held-out. Then the
+stock plots from ``optuna.visualization`` (plotly): optimization history, parameter importances, the
 Pareto front (several objectives), parallel coordinates, slices, and intermediate values (pruning).
 plotly.js is embedded once, inline, from the installed plotly package. A plot that cannot be drawn
 for this study (e.g. importances from fewer than 10 complete trials) is replaced by a note saying why.
-Below the plots: a table of every trial (state, values, per-dataset scores, recipe, times, worker, failure).
+Below the plots: a table of every trial (state, values, per-dataset proxy scores with 95% intervals, recipe,
+times, worker, failure).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from merge_core.atomic import write_text_atomic
 from search.evidence import StudyEvidence
+from search.evidence_text import fmt_scores
 from search.known_points import report_html  # baselines the sampler learns from; warm starts
 from search.trials import complete_trials, counts_by_state, ranked_trials, trial_attr
 
@@ -55,7 +57,7 @@ def _plots(study: optuna.Study, ev: StudyEvidence) -> list[tuple[str, Any]]:
             lambda: rv.tradeoff_figure(ev),
         ),
         (
-            "Gain of the best recipe over each baseline, per dataset (paired 95% interval)",
+            "Gain of the top recipes over each baseline, per dataset (paired 95% interval)",
             lambda: rv.gains_figure(ev),
         ),
         ("Per-layer LLM weight of the top recipes", lambda: rv.per_layer_figure(ev, top)),
@@ -119,7 +121,7 @@ def _trial_rows(study: optuna.Study, ev: StudyEvidence) -> str:
             str(t.number),
             t.state.name,
             vals,
-            ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()),
+            fmt_scores(ev, t, "proxy") or ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()),
             t.user_attrs.get("baseline", ""),
             json.dumps(short, sort_keys=True),
             f"{t.user_attrs.get('merge_s', '')}",
@@ -136,7 +138,7 @@ def _trial_rows(study: optuna.Study, ev: StudyEvidence) -> str:
         "#",
         "state",
         "value(s)",
-        "proxy scores",
+        "proxy scores [95% interval]",
         "baseline",
         "recipe",
         "merge s",

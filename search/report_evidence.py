@@ -5,8 +5,8 @@
 * the per-layer LLM weight of the top recipes: ``w · r(i)`` against layer ``i`` (merge_core.schedule);
 * the perception/reasoning trade-off: the first two datasets' proxy accuracies of every trial, pruned ones
   at the items they reached, baselines marked;
-* the gain with its paired 95% interval per dataset over each baseline (the answer, on the proxy and on
-  the held-out items);
+* the gain with its paired 95% interval per dataset over each baseline of every top trial (the promoted
+  ones, else the proxy's top), on the proxy and on the held-out items;
 * proxy against held-out score of every promoted trial, with intervals and Spearman's rho.
 
 Each maker returns a plotly figure or a string saying why it is not drawn.
@@ -193,43 +193,73 @@ def tradeoff_figure(ev: StudyEvidence) -> Any:
     return fig
 
 
-def gains_figure(ev: StudyEvidence) -> Any:
-    """The answer's paired gain with its 95% interval per dataset over each baseline (proxy, held-out)."""
-    import plotly.graph_objects as go
+def gain_trials(ev: StudyEvidence) -> list[FrozenTrial]:
+    """The trials the gains plot compares with the baselines: the promoted searched trials, else the
+    proxy's top :data:`TOP` (baselines left out: they are what is compared against)."""
+    from search.trials import ranked_trials
 
-    best, _ = ev.answer()
-    if best is None:
-        return "not drawn: no COMPLETE trial"
-    fig = go.Figure()
-    for scope in ("proxy", "held_out"):
-        for name, base in ev.baselines.items():
-            if base.number == best.number:
-                continue
-            per, w = ev.gains(best, base, scope)
-            if w is None:
-                continue
-            items = list(per.items()) + [(f"weighted ({WHERE[scope]})", w)]
-            fig.add_trace(
-                go.Scatter(
-                    x=[d for d, _ in items],
-                    y=[100 * g.gain.value for _, g in items],
-                    error_y=dict(
-                        type="data",
-                        symmetric=False,
-                        array=[100 * (g.gain.high - g.gain.value) for _, g in items],
-                        arrayminus=[100 * (g.gain.value - g.gain.low) for _, g in items],
+    base = {b.number for b in ev.baselines.values()}
+    promoted = [t for t in ev.promoted() if t.number not in base]
+    return promoted or [t for t in ranked_trials(ev.study) if t.number not in base][:TOP]
+
+
+def gains_figure(ev: StudyEvidence) -> Any:
+    """Paired gain with its 95% interval per dataset (and weighted) of every :func:`gain_trials` trial over
+    each baseline (one panel per baseline), on the proxy (circles) and the held-out items (diamonds)."""
+    import plotly.colors
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    trials = gain_trials(ev)
+    if not trials:
+        return "not drawn: no COMPLETE searched trial"
+    bases = list(ev.baselines.items())
+    if not bases:
+        return "not drawn: the study has no baseline trial"
+    fig = make_subplots(
+        rows=1, cols=len(bases), subplot_titles=[f"vs {n}" for n, _ in bases], shared_yaxes=True
+    )
+    palette = plotly.colors.qualitative.Plotly
+    shown: set[tuple[int, str]] = set()
+    for col, (_, base) in enumerate(bases, start=1):
+        for k, t in enumerate(trials):
+            for scope in ("proxy", "held_out"):
+                per, w = ev.gains(t, base, scope)
+                if w is None:
+                    continue
+                items = list(per.items()) + [(f"weighted ({WHERE[scope]})", w)]
+                key = (t.number, scope)
+                fig.add_trace(
+                    go.Scatter(
+                        x=[d for d, _ in items],
+                        y=[100 * g.gain.value for _, g in items],
+                        error_y=dict(
+                            type="data",
+                            symmetric=False,
+                            array=[100 * (g.gain.high - g.gain.value) for _, g in items],
+                            arrayminus=[100 * (g.gain.value - g.gain.low) for _, g in items],
+                        ),
+                        mode="markers",
+                        marker=dict(
+                            size=9,
+                            color=palette[k % len(palette)],
+                            symbol="circle" if scope == "proxy" else "diamond",
+                        ),
+                        name=f"trial {label(t)} ({WHERE[scope]})",
+                        legendgroup=f"{t.number}-{scope}",
+                        showlegend=key not in shown,
                     ),
-                    mode="markers",
-                    marker=dict(size=10, symbol="circle" if scope == "proxy" else "diamond"),
-                    name=f"vs {name} ({WHERE[scope]})",
+                    row=1,
+                    col=col,
                 )
-            )
+                shown.add(key)
     if not fig.data:
-        return "not drawn: no per-item records to pair the best trial with a baseline"
+        return "not drawn: no per-item records to pair the top trials with a baseline"
+    promoted = trials[0].number in {p.number for p in ev.promoted()}
     fig.add_hline(y=0, line_dash="dot")
+    fig.update_yaxes(title_text="gain in points (paired bootstrap 95% interval)", row=1, col=1)
     fig.update_layout(
-        yaxis_title="gain in points (paired bootstrap 95% interval)",
-        title=f"trial {label(best)} against each baseline",
+        title=f"{len(trials)} {'promoted' if promoted else 'top (proxy)'} trials against each baseline",
         scattermode="group",
     )
     return fig

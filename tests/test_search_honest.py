@@ -18,6 +18,7 @@ import numpy as np
 import optuna
 import pytest
 
+from search import report_evidence as rv
 from search.cli import main as cli_main
 from search.evidence import StudyEvidence
 from search.evidence_text import headline
@@ -161,7 +162,7 @@ def test_report_shows_intervals_and_renders_in_headless_chromium(promoted_study,
     page = out.read_text()
     for title in (
         "Perception vs reasoning",
-        "Gain of the best recipe",
+        "Gain of the top recipes",
         "Per-layer LLM weight",
         "Proxy vs held-out",
         "Parameter importances",
@@ -169,6 +170,27 @@ def test_report_shows_intervals_and_renders_in_headless_chromium(promoted_study,
         assert title in page
     assert "not drawn: 5 complete trials; importances from fewer than 10" in page
     assert "Spearman" in page and "pts p=" in page
+    # the gains plot: every promoted searched trial against each baseline, on the held-out items
+    study = open_study(promoted_study, create=False)
+    ev = StudyEvidence(study, promoted_study)
+    searched = [t for t in ev.promoted() if not t.user_attrs.get("baseline")]
+    gains = rv.gains_figure(ev)
+    assert searched and not isinstance(gains, str)
+    named = {(tr.name, tr.xaxis) for tr in gains.data}
+    for t in searched:
+        for k in range(len(ev.baselines)):  # one panel (x axis) per baseline
+            assert (f"trial {t.number} (held-out items)", "x" if k == 0 else f"x{k + 1}") in named
+    # "All trials": each trial's proxy accuracy with its Wilson 95% interval, recomputed from its records
+    from scipy.stats import binomtest
+
+    table = page.split("<h2>All trials</h2>", 1)[1]
+    for t in study.get_trials(deepcopy=False):
+        if not (promoted_study.output_dir / "records" / f"trial_{t.number}.jsonl").is_file():
+            continue
+        for d, v in _proxy(promoted_study, t.number).items():
+            k, n = sum(v.values()), len(v)
+            ci = binomtest(k, n).proportion_ci(method="wilson")
+            assert f"{d}: {k / n:.3f} [{ci.low:.3f}, {ci.high:.3f}]" in table, (t.number, d)
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     require(browser is not None, "headless Chromium is not installed (apt-get install chromium)")
     common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000"]
@@ -183,7 +205,7 @@ def test_report_shows_intervals_and_renders_in_headless_chromium(promoted_study,
     for title, body in sections.items():
         if "not drawn" not in body:
             assert "main-svg" in body, f"plot {title!r} did not render"
-    for key in ("Perception vs reasoning", "Gain of the best recipe", "Per-layer", "Proxy vs held-out"):
+    for key in ("Perception vs reasoning", "Gain of the top recipes", "Per-layer", "Proxy vs held-out"):
         body = next(b for t, b in sections.items() if t.startswith(key))
         assert "main-svg" in body, key
     assert shot.is_file() and shot.stat().st_size > 10_000

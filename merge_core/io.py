@@ -148,6 +148,20 @@ def read_header(file: Path) -> dict[str, TensorSpec]:
         ) from None
 
 
+
+def pread_tensor(fd: int, file: Path, name: str, spec: Any, buf: torch.Tensor) -> torch.Tensor:
+    """Tensor ``name`` (header entry ``spec``) read from the open shard ``fd`` into the uint8 buffer ``buf``
+    (at least ``spec.nbytes`` long) by positional reads, viewed as its stored dtype and shape.
+    ModelFilesError when the file ends inside the tensor."""
+    view = memoryview(buf.numpy()) if spec.nbytes else memoryview(b"")
+    done = 0
+    while done < spec.nbytes:
+        got = os.preadv(fd, [view[done:]], spec.offset + done)
+        if got <= 0:
+            raise ModelFilesError(f"safetensors file {str(file)!r} ended inside tensor {name!r}; re-download it")
+        done += got
+    return buf.view(ST_DTYPES[spec.dtype]).reshape(spec.shape)
+
 class ModelFiles:
     """One checkpoint directory: config, tensor specs of all shards (read up front), lazy tensor access."""
 
@@ -224,17 +238,7 @@ class ModelFiles:
         if fd is None:
             fd = os.open(file, os.O_RDONLY)
             self._handles[file] = fd
-        buf = torch.empty(spec.nbytes, dtype=torch.uint8)
-        view = memoryview(buf.numpy()) if spec.nbytes else memoryview(b"")
-        done = 0
-        while done < spec.nbytes:
-            got = os.preadv(fd, [view[done:]], spec.offset + done)
-            if got <= 0:
-                raise ModelFilesError(
-                    f"safetensors file {str(file)!r} ended inside tensor {name!r}; re-download it"
-                )
-            done += got
-        return buf.view(ST_DTYPES[spec.dtype]).reshape(spec.shape)
+        return pread_tensor(fd, file, name, spec, torch.empty(spec.nbytes, dtype=torch.uint8))
 
     def weight_bytes(self) -> int:
         """Total size of the weight files on disk."""

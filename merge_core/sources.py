@@ -27,8 +27,7 @@ from typing import Any
 
 import torch
 
-from merge_core.errors import ModelFilesError
-from merge_core.io import ST_DTYPES, ModelFiles
+from merge_core.io import ModelFiles, pread_tensor
 
 
 class SourceReader:
@@ -49,16 +48,7 @@ class SourceReader:
         buf = pool.take(spec.nbytes) if pool is not None else None
         if buf is None:
             buf = torch.empty(spec.nbytes, dtype=torch.uint8, pin_memory=pin)
-        view = memoryview(buf.numpy()) if spec.nbytes else memoryview(b"")
-        done = 0
-        while done < spec.nbytes:
-            got = os.preadv(fd, [view[done:]], spec.offset + done)
-            if got <= 0:
-                raise ModelFilesError(
-                    f"safetensors file {str(file)!r} ended inside tensor {name!r}; re-download it"
-                )
-            done += got
-        return buf.view(ST_DTYPES[spec.dtype]).reshape(spec.shape)
+        return pread_tensor(fd, file, name, spec, buf)
 
     def close(self) -> None:
         for fd in self._fds.values():

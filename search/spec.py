@@ -43,7 +43,6 @@ Layout (all tables optional except ``[models]`` and ``[objectives]``)::
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +53,8 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from merge_core.errors import MergesearchError
 from objectives.engines.choice import VllmOptions, parse_engine
+from search.spec_reader import Param, StudySpecError, TableReader
 from search.warm_start import WarmStart, parse_warm_start
 
 # the method fields the study file gives ranges for (space.<name>); merge_core.methods.registry marks them
@@ -79,10 +78,6 @@ TOY_SIZES = ("full", "ci")
 DEVICES = ("auto", "cpu", "cuda")  # Ray gives each worker a GPU of its own, which it sees as cuda:0
 SOURCES = ("device", "host", "auto")  # merge_core.memory_plan's tiers
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
-
-class StudySpecError(MergesearchError):
-    """A study file is missing, unreadable, or has a missing / unknown / out-of-range field."""
 
 
 @dataclass(frozen=True)
@@ -137,30 +132,6 @@ class ObjectivesSpec:
     @property
     def n_objectives(self) -> int:
         return len(self.datasets) if self.mode == "multi" else 1
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched numeric field: fixed (low == high), or a range with optional step / log scale."""
-
-    low: float
-    high: float
-    step: float | None = None
-    log: bool = False
-    integer: bool = False
-
-    @property
-    def fixed(self) -> bool:
-        return self.low == self.high
-
-    def grid_values(self) -> list[float]:
-        """Values a grid sampler enumerates: low, low+step, ..., high (needs a step unless fixed)."""
-        if self.fixed:
-            return [int(self.low) if self.integer else self.low]
-        assert self.step is not None
-        n = int(math.floor((self.high - self.low) / self.step + 1e-9))
-        vals = [self.low + i * self.step for i in range(n + 1)]
-        return [int(round(v)) for v in vals] if self.integer else [round(v, 10) for v in vals]
 
 
 @dataclass(frozen=True)
@@ -265,127 +236,6 @@ class StudySpec:
 # --------------------------------------------------------------------------------------------- parsing
 
 
-class _Reader:
-    """Typed access to one TOML table that remembers the dotted path for error messages."""
-
-    def __init__(self, data: dict[str, Any], prefix: str, src: str) -> None:
-        self.data = dict(data)
-        self.prefix = prefix
-        self.src = src
-        self.used: set[str] = set()
-
-    def key(self, k: str) -> str:
-        return f"{self.prefix}{k}"
-
-    def fail(self, k: str, msg: str) -> StudySpecError:
-        return StudySpecError(f"{self.src}: field `{self.key(k)}` {msg}")
-
-    def get(self, k: str, default: Any = None) -> Any:
-        self.used.add(k)
-        return self.data.get(k, default)
-
-    def str_(self, k: str, default: str | None = None, choices: tuple[str, ...] | None = None) -> str | None:
-        v = self.get(k, default)
-        if v is None:
-            return None
-        if not isinstance(v, str):
-            raise self.fail(k, f"must be a string, got {v!r}")
-        if choices is not None and v not in choices:
-            raise self.fail(k, f"is {v!r}; allowed: {', '.join(choices)}")
-        return v
-
-    def int_(self, k: str, default: int | None = None, minimum: int | None = None) -> int | None:
-        v = self.get(k, default)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.fail(k, f"must be an integer, got {v!r}")
-        if minimum is not None and v < minimum:
-            raise self.fail(k, f"must be >= {minimum}, got {v}")
-        return v
-
-    def bool_(self, k: str, default: bool) -> bool:
-        v = self.get(k, default)
-        if not isinstance(v, bool):
-            raise self.fail(k, f"must be true or false, got {v!r}")
-        return v
-
-    def list_str(
-        self, k: str, default: tuple[str, ...] = (), choices: tuple[str, ...] | None = None
-    ) -> tuple[str, ...]:
-        v = self.get(k, list(default))
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise self.fail(k, f"must be a list of strings, got {v!r}")
-        if choices is not None:
-            bad = [x for x in v if x not in choices]
-            if bad:
-                raise self.fail(k, f"has {bad!r}; allowed: {', '.join(choices)}")
-        if len(set(v)) != len(v):
-            raise self.fail(k, f"has duplicates: {v!r}")
-        return tuple(v)
-
-    def table(self, k: str) -> _Reader:
-        v = self.get(k, {})
-        if not isinstance(v, dict):
-            raise self.fail(k, f"must be a table, got {v!r}")
-        return _Reader(v, f"{self.key(k)}.", self.src)
-
-    def param(
-        self,
-        k: str,
-        default: Param,
-        *,
-        lo: float | None = None,
-        hi: float | None = None,
-        integer: bool = False,
-    ) -> Param:
-        """A number (fixed), ``[low, high]``, or ``{low, high, step, log}``; checked against [lo, hi]."""
-        v = self.get(k, None)
-        if v is None:
-            return default
-        step = None
-        log = False
-        if isinstance(v, bool):
-            raise self.fail(k, f"must be a number, [low, high] or {{low, high, step, log}}, got {v!r}")
-        if isinstance(v, (int, float)):
-            low = high = v
-        elif isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
-            low, high = v
-        elif isinstance(v, dict):
-            t = _Reader(v, f"{self.key(k)}.", self.src)
-            low, high = t.get("low"), t.get("high")
-            step, log = t.get("step"), t.bool_("log", False)
-            t.finish()
-            if not isinstance(low, (int, float)) or not isinstance(high, (int, float)):
-                raise self.fail(k, "needs numeric `low` and `high`")
-            if step is not None and (not isinstance(step, (int, float)) or step <= 0):
-                raise self.fail(k, f"step must be a positive number, got {step!r}")
-        else:
-            raise self.fail(k, f"must be a number, [low, high] or {{low, high, step, log}}, got {v!r}")
-        if low > high:
-            raise self.fail(k, f"has low {low} > high {high}")
-        if lo is not None and low < lo or hi is not None and high > hi:
-            raise self.fail(k, f"range [{low}, {high}] is outside the allowed [{lo}, {hi}]")
-        if log and low <= 0:
-            raise self.fail(k, "log scale needs low > 0")
-        if integer:
-            if int(low) != low or int(high) != high or (step is not None and int(step) != step):
-                raise self.fail(k, f"must be integers, got {v!r}")
-            return Param(int(low), int(high), int(step) if step else None, log, True)
-        return Param(float(low), float(high), float(step) if step else None, log, False)
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise StudySpecError(
-                f"{self.src}: unknown field `{self.prefix}{unknown[0]}`"
-                + (f" (and {', '.join(unknown[1:])})" if len(unknown) > 1 else "")
-                + "; check the spelling against studies/toy.toml"
-            )
-
-
 def parse_duration(value: Any, field_name: str, src: str) -> float | None:
     """Seconds from a number or a string like ``"90s"``, ``"45m"``, ``"8h"``; None for none."""
     if value is None:
@@ -407,7 +257,7 @@ def parse_duration(value: Any, field_name: str, src: str) -> float | None:
     return seconds
 
 
-def _parse_models(t: _Reader) -> ModelsSpec:
+def _parse_models(t: TableReader) -> ModelsSpec:
     toy = None
     raw_toy = t.get("toy")
     if raw_toy is not None:
@@ -436,7 +286,7 @@ def _parse_models(t: _Reader) -> ModelsSpec:
     return spec
 
 
-def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
+def _parse_objectives(t: TableReader, toy: bool) -> ObjectivesSpec:
     from search.spec_generation import parse_generation
 
     datasets = t.list_str("datasets", ())
@@ -488,7 +338,7 @@ def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
     return spec
 
 
-def _parse_space(t: _Reader) -> SpaceSpec:
+def _parse_space(t: TableReader) -> SpaceSpec:
     d = SpaceSpec()
     methods = t.list_str("methods", d.methods, method_registry().names())
     if not methods:
@@ -599,7 +449,7 @@ def _check_budget(spec: StudySpec, src: str) -> None:
 
 def spec_from_dict(data: dict[str, Any], *, src: str = "<study>", base_dir: Path | None = None) -> StudySpec:
     """Validate a parsed study table; relative output paths resolve against ``base_dir`` (default: cwd)."""
-    root = _Reader(data, "", src)
+    root = TableReader(data, "", src)
     name = root.str_("name")
     if not name or not _NAME_RE.match(name):
         raise root.fail("name", f"must be a non-empty name of letters, digits, '_', '-', '.', got {name!r}")

@@ -57,8 +57,8 @@ from objectives.engines.choice import VllmOptions, parse_engine
 from search.spec_reader import Param, StudySpecError, TableReader
 from search.warm_start import WarmStart, parse_warm_start
 
-# the method fields the study file gives ranges for (space.<name>); merge_core.methods.registry marks them
-# ``searched``; the other method fields take their defaults or space.fixed
+# the method fields every study file may range (space.<name>), with defaults of their own below;
+# merge_core.methods.registry marks them ``searched``
 SEARCHED = ("weight", "vlm_weight", "llm_weight", "density", "lambda")
 
 
@@ -67,6 +67,18 @@ def method_registry():  # type: ignore[no-untyped-def]
     from merge_core.methods import registry
 
     return registry
+
+
+def own_searched() -> dict[str, Any]:
+    """A method's own searched fields (della's ``epsilon``, breadcrumbs' ``gamma``, sce's ``select_topk``):
+    name → its first :class:`~merge_core.methods.registry.ParamDef`.  A study file ranges one with
+    ``space.<name>``; without it the field keeps the method's default (it is not suggested)."""
+    out: dict[str, Any] = {}
+    for m in method_registry().registry().values():
+        for pd in m.params:
+            if pd.searched and pd.name not in SEARCHED:
+                out.setdefault(pd.name, pd)
+    return out
 
 
 SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "random", "grid")
@@ -151,10 +163,17 @@ class SpaceSpec:
     explicit_layers: int = 0
     explicit_value: Param = Param(0.0, 1.0)
     fixed: dict[str, Any] = field(default_factory=dict)
+    own: dict[str, Param] = field(default_factory=dict)  # ranged fields of :func:`own_searched`
 
     def param(self, name: str) -> Param:
-        """The range of searched method field ``name`` (JSON name, one of :data:`SEARCHED`)."""
+        """The range of searched method field ``name`` (one of :data:`SEARCHED`, or of :attr:`own`)."""
+        if name in self.own:
+            return self.own[name]
         return getattr(self, "lambda_" if name == "lambda" else name)
+
+    def ranged(self) -> tuple[str, ...]:
+        """Every method field this space gives a range or value for: :data:`SEARCHED`, then :attr:`own`."""
+        return (*SEARCHED, *self.own)
 
     def has_categoricals(self) -> bool:
         """Whether any categorical parameter is searched (CMA-ES cannot handle them)."""
@@ -377,7 +396,17 @@ def _parse_space(t: TableReader) -> SpaceSpec:
     fixed = t.get("fixed", {})
     if not isinstance(fixed, dict):
         raise t.fail("fixed", f"must be a table of recipe fields, got {fixed!r}")
-    searched = {"method", "weight", "vlm_weight", "llm_weight", "density", "lambda", "components", "schedule"}
+    own: dict[str, Param] = {}
+    for name, pd in own_searched().items():
+        if name in t.data:
+            users = method_registry().using(name)
+            if not set(users) & set(methods):
+                raise t.fail(name, f"applies to {', '.join(users)} only, and space.methods lists none of them")
+            own[name] = t.param(name, Param(pd.default, pd.default), lo=pd.lo, hi=pd.hi,
+                                integer=pd.kind == "integer")  # fmt: skip
+            if pd.open_low and own[name].low <= pd.lo:
+                raise t.fail(name, f"must be > {pd.lo} (the range ({pd.lo}, {pd.hi}] of {name})")
+    searched = {"method", *SEARCHED, *own, "components", "schedule"}
     clash = sorted(set(fixed) & searched)
     if clash:
         raise t.fail(
@@ -397,11 +426,44 @@ def _parse_space(t: TableReader) -> SpaceSpec:
         explicit_layers=explicit_layers,
         explicit_value=t.param("explicit_value", d.explicit_value, lo=0.0, hi=1.0),
         fixed=dict(fixed),
+        own=own,
     )
     if spec.density.low <= 0 and any(m in method_registry().using("density") for m in methods):
         raise t.fail("density", "must be > 0 for ties / dare methods")
+    _check_corners(t, spec)
     t.finish()
     return spec
+
+
+def _check_corners(t: TableReader, space: SpaceSpec) -> None:
+    """A method's cross-field rule (della: density ± epsilon inside (0, 1); breadcrumbs: density + gamma
+    ≤ 1) must hold over the whole space, not only for some trials: each rule is checked at every corner of
+    the ranged fields it reads (the rules are linear, so the corners bound the box)."""
+    import itertools
+
+    for name in space.methods:
+        mdef = method_registry().get(name)
+        if mdef.check is None:
+            continue
+        values: dict[str, list[Any]] = {}
+        for pd in mdef.params:
+            if pd.name in space.fixed:
+                values[pd.name] = [space.fixed[pd.name]]
+            elif pd.searched and pd.name in space.ranged() and (pd.name in SEARCHED or pd.name in space.own):
+                r = space.param(pd.name)
+                values[pd.name] = sorted({r.low, r.high})
+            else:
+                values[pd.name] = [pd.default]
+        for corner in itertools.product(*values.values()):
+            problem = mdef.check(dict(zip(values, corner, strict=True)))
+            if problem:
+                ranged = [k for k, v in values.items() if len(v) > 1]
+                ranged = [k for k in ranged if re.search(rf"\b{k}\b", problem)] or ranged  # the fields it read
+                raise t.fail(
+                    ranged[0] if ranged else "methods",
+                    f"lets method {name!r} draw an invalid recipe: {problem}; narrow "
+                    + " / ".join(f"space.{k}" for k in ranged),
+                )
 
 
 def _parse_baselines(raw: Any, src: str) -> tuple[Baseline, ...]:
@@ -495,7 +557,7 @@ def spec_from_dict(data: dict[str, Any], *, src: str = "<study>", base_dir: Path
     if sampler.name == "grid":
         m = set(space.methods)
         for fname, p, used in (
-            *((n, space.param(n), bool(m & set(method_registry().using(n)))) for n in SEARCHED),
+            *((n, space.param(n), bool(m & set(method_registry().using(n)))) for n in space.ranged()),
             ("start", space.start, "step" in space.schedules or any(method_registry().get(x).schedule for x in m)),
             ("explicit_value", space.explicit_value, "explicit" in space.schedules),
         ):

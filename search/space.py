@@ -7,7 +7,8 @@ Parameters (Optuna names) and when they exist:
   ``weight`` (linear family, merged = (1-w)·VLM + w·LLM); ``vlm_weight``, ``llm_weight``, ``lambda``
   (task-vector family); ``density`` (the sparsifying methods); a method's own field (della's ``epsilon``,
   breadcrumbs' ``gamma``, sce's ``select_topk``) only when the study file ranges it (``space.epsilon``),
-  else it keeps the method's default.  Unsearched fields take their defaults or ``space.fixed``.
+  else it keeps the method's default.  Unsearched fields take their defaults or ``space.fixed`` (a method
+  field there, e.g. ``rescale``, goes only into the recipes of the methods that take it).
 * ``components`` — categorical of subsets (``"attention+mlp"``), or booleans ``comp_<name>`` for
   ``space.component_flags`` (an empty choice falls back to the first flag, so every trial merges something).
 * ``schedule`` — categorical over shapes; ``start`` only for ``step`` (and always for a method whose
@@ -85,7 +86,8 @@ class SearchSpace:
                 _suggest(trial, f"r_{i}", s.explicit_value) for i in range(s.explicit_layers)
             ]
         r["schedule"] = schedule
-        r.update(s.fixed)
+        method_fields = set(method_registry().param_names())
+        r.update({k: v for k, v in s.fixed.items() if k not in method_fields or mdef.param(k) is not None})
         return r
 
     def baseline(self, fields: dict[str, Any]) -> dict[str, Any]:

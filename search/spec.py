@@ -406,6 +406,15 @@ def _parse_space(t: TableReader) -> SpaceSpec:
                                 integer=pd.kind == "integer")  # fmt: skip
             if pd.open_low and own[name].low <= pd.lo:
                 raise t.fail(name, f"must be > {pd.lo} (the range ({pd.lo}, {pd.hi}] of {name})")
+    unused = sorted(
+        k for k in fixed
+        if k in method_registry().param_names() and not set(method_registry().using(k)) & set(methods)
+    )  # fmt: skip
+    if unused:
+        raise t.fail(
+            "fixed", f"sets {unused[0]!r}, which only {', '.join(method_registry().using(unused[0]))} take(s), "
+            "and space.methods lists none of them; remove it or add such a method",
+        )
     searched = {"method", *SEARCHED, *own, "components", "schedule"}
     clash = sorted(set(fixed) & searched)
     if clash:

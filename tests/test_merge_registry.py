@@ -134,3 +134,22 @@ def test_a_space_that_can_draw_an_invalid_recipe_is_refused_before_the_search(sp
 
     with pytest.raises(StudySpecError, match=match):
         spec_from_dict({**_STUDY, "space": space})
+
+
+def test_a_fixed_method_field_goes_only_to_the_methods_that_take_it() -> None:
+    import optuna
+
+    from search.space import SearchSpace
+    from search.spec import StudySpecError, spec_from_dict
+
+    spec = spec_from_dict({**_STUDY, "space": {"methods": ["linear", "ties", "sce"], "density": [0.3, 0.6],
+                                               "fixed": {"rescale": "none", "compat": "mergekit"}}})  # fmt: skip
+    s = SearchSpace(spec)
+    for method in spec.space.methods:
+        r = s.suggest(optuna.trial.FixedTrial({"method": method, "weight": 0.5, "vlm_weight": 1.0,
+                                               "llm_weight": 0.5, "density": 0.4}))  # fmt: skip
+        recipe = Recipe.from_dict(r)  # every drawn recipe validates
+        assert ("rescale" in r) == (method == "ties") and r["compat"] == "mergekit", (method, r)
+        assert recipe.method == method
+    with pytest.raises(StudySpecError, match=r"space\.fixed.*'epsilon'.*della"):
+        spec_from_dict({**_STUDY, "space": {"methods": ["ties"], "fixed": {"epsilon": 0.1}}})

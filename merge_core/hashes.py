@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from merge_core.atomic import write_text_atomic
 
 CHUNK = 8 * 1024 * 1024
 
@@ -58,9 +59,6 @@ def sha256_files(files: list[Path], into: dict[str, str]) -> None:
     if use_cache and changed:
         cache = {k: v for k, v in cache.items() if os.path.exists(k.split("|", 1)[0])}  # forget deleted files
         try:
-            cf.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=cf.parent, delete=False, suffix=".tmp") as tmp:
-                json.dump(cache, tmp)
-            os.replace(tmp.name, cf)  # atomic: concurrent exports never see a half-written cache
+            write_text_atomic(cf, json.dumps(cache))  # concurrent exports never see a half-written cache
         except OSError:
             pass  # the cache is an optimisation only

@@ -26,10 +26,11 @@ import torch
 from merge_core.architectures import classify_vlm
 from merge_core.devices import free_memory, resolve_device
 from merge_core.errors import ArchitectureError, RecipeError
-from merge_core.io import DTYPE_NAMES, ModelFiles, keep_freed_memory, resolve_model_path
+from merge_core.io import DTYPE_NAMES, ModelFiles, keep_freed_memory
 from merge_core.memory_plan import MemoryPlan, held_tensors, plan_memory
 from merge_core.methods import merge_tensor
-from merge_core.plan import Plan, build_plan, output_dtype
+from merge_core.plan import Plan, output_dtype
+from merge_core.plan_cache import PlanCache
 from merge_core.recipe import COMPONENTS, Recipe
 from merge_core.sources import Job, SourceReader, Stager, stream_jobs
 from merge_core.tensor_map import preflight
@@ -160,26 +161,11 @@ class ResidentMerger:
             self._stager = Stager(self.device, pool_bytes=self.memory_plan.buffers)
             keep_freed_memory()  # each apply allocates its sources again: reuse the last one's pages
         self._dirty: set[str] = set()
-        self._plans: dict[str, Plan] = {}
-
-    # ---- recipe checks ------------------------------------------------------------------------------
-    def _check_sources(self, recipe: Recipe) -> None:
-        pairs = [("vlm", recipe.vlm, self.files_vlm), ("llm", recipe.llm, self.files_llm)]
-        if recipe.is_task_vector:
-            if self.files_base is None:
-                raise RecipeError(
-                    f"recipe {recipe.id} (method {recipe.method}) needs a base model; this ResidentMerger was built without base="
-                )
-            pairs.append(("base", recipe.base, self.files_base))
-        for field, path, files in pairs:
-            if resolve_model_path(path, field) != files.root:  # type: ignore[arg-type]
-                raise RecipeError(
-                    f"recipe field {field!r} is {path!r} but this ResidentMerger holds {files.root}"
-                )
-        if recipe.dtype is not None and DTYPE_NAMES[recipe.dtype] != self.dtype:
-            raise RecipeError(
-                f"recipe field 'dtype' is {recipe.dtype!r} but the resident model is {self.dtype}; make a ResidentMerger with that dtype"
-            )
+        self._plans = PlanCache(
+            self.tmap, self.dtype, {"vlm": self.files_vlm, "llm": self.files_llm, "base": self.files_base},
+            holder="this ResidentMerger", remedy="make a ResidentMerger with that dtype",
+            check_plan=self._check_held,
+        )  # fmt: skip
 
     def _check_held(self, plan: Plan) -> None:
         for e in plan.entries:
@@ -191,16 +177,8 @@ class ResidentMerger:
                 )
 
     def plan(self, recipe: Recipe) -> Plan:
-        """The (cached) plan of ``recipe`` for the resident model's dtype."""
-        plan = self._plans.get(recipe.id)
-        if plan is None:
-            self._check_sources(recipe)
-            plan = build_plan(recipe, self.tmap, dtype=self.dtype)
-            self._check_held(plan)
-            if len(self._plans) > 256:
-                self._plans.clear()
-            self._plans[recipe.id] = plan
-        return plan
+        """The (cached) plan of ``recipe`` for the resident model's dtype (merge_core.plan_cache)."""
+        return self._plans.get(recipe)
 
     # ---- hot path -----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from merge_core.atomic import replace_dir
 from merge_core.errors import MergesearchError
 from merge_core.hashes import sha256_files
 from merge_core.io import (
@@ -217,13 +218,7 @@ def merge_to_disk(
         hasher.join()
         sources: dict[str, Any] = {"vlm": vlm, "llm": llm, "base": base}
         (tmp / "README.md").write_text(_model_card(recipe, plan, sources, hashes), encoding="utf-8")
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

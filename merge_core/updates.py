@@ -27,9 +27,10 @@ from collections.abc import Callable, Iterator
 import torch
 
 from merge_core.errors import RecipeError
-from merge_core.io import DTYPE_NAMES, ModelFiles, resolve_model_path
+from merge_core.io import DTYPE_NAMES, ModelFiles
 from merge_core.methods import merge_tensor
-from merge_core.plan import Plan, PlanEntry, TensorOp, build_plan, output_dtype
+from merge_core.plan import Plan, PlanEntry, TensorOp, output_dtype
+from merge_core.plan_cache import PlanCache
 from merge_core.recipe import Recipe
 from merge_core.tensor_map import preflight
 
@@ -62,36 +63,14 @@ class WeightUpdates:
             t.name: None for t in self.tmap.tensors if t.where.canonical is not None
         }
         self._sources: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
-        self._plans: dict[str, Plan] = {}
-
-    def _check_sources(self, recipe: Recipe) -> None:
-        pairs = [("vlm", recipe.vlm, self.files_vlm), ("llm", recipe.llm, self.files_llm)]
-        if recipe.is_task_vector:
-            if self.files_base is None:
-                raise RecipeError(
-                    f"recipe {recipe.id} (method {recipe.method}) needs a base model; "
-                    "these WeightUpdates were opened without base="
-                )
-            pairs.append(("base", recipe.base, self.files_base))
-        for field, path, files in pairs:
-            if resolve_model_path(path, field) != files.root:  # type: ignore[arg-type]
-                raise RecipeError(f"recipe field {field!r} is {path!r} but these updates hold {files.root}")
-        if recipe.dtype is not None and DTYPE_NAMES[recipe.dtype] != self.dtype:
-            raise RecipeError(
-                f"recipe field 'dtype' is {recipe.dtype!r} but the engine's weights are {self.dtype}; "
-                "open WeightUpdates with that dtype"
-            )
+        self._plans = PlanCache(
+            self.tmap, self.dtype, {"vlm": self.files_vlm, "llm": self.files_llm, "base": self.files_base},
+            holder="these WeightUpdates", holds="hold", remedy="open WeightUpdates with that dtype",
+        )  # fmt: skip
 
     def plan(self, recipe: Recipe) -> Plan:
-        """The (cached) plan of ``recipe`` in the engine's dtype."""
-        plan = self._plans.get(recipe.id)
-        if plan is None:
-            self._check_sources(recipe)
-            plan = build_plan(recipe, self.tmap, dtype=self.dtype)
-            if len(self._plans) > 256:
-                self._plans.clear()
-            self._plans[recipe.id] = plan
-        return plan
+        """The (cached) plan of ``recipe`` in the engine's dtype (merge_core.plan_cache)."""
+        return self._plans.get(recipe)
 
     def _read(self, files: ModelFiles, name: str) -> torch.Tensor:
         t = files.get(name).to(self.device)

@@ -15,7 +15,7 @@ TPE, GP and NSGA-II read ``trial.constraints`` themselves).
 
 The baseline's scores exist only once its trial has run. Baselines are enqueued first and never pruned, but
 with several workers a sampled trial can end before it. Such a trial is told without constraints (Optuna's
-samplers count it feasible); when the baseline completes, :class:`ConstraintTracker` stores those trials'
+samplers count it feasible); when the baseline completes, :class:`search.constraint_tracker.ConstraintTracker` stores those trials'
 constraint values as the post-search result ``constraints`` (:func:`search.trials.set_trial_result`), which
 ranking, ``status`` and the report read. A resumed study reads the baseline's scores from its trial.
 """
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from search.evidence import StudyEvidence
     from search.spec import StudySpec
 
 CONSTRAINTS_ATTR = "constraints"
@@ -55,7 +54,7 @@ class ConstrainedSpec:
 
 
 def parse_constrained(t: Any, mode: str, datasets: tuple[str, ...]) -> ConstrainedSpec | None:
-    """``objectives.constrained`` from the objectives table reader ``t`` (search.spec._Reader)."""
+    """``objectives.constrained`` from the objectives table reader ``t`` (search.spec_reader.TableReader)."""
     from objectives.proxy import proxy_name
 
     raw = t.get("constrained")
@@ -91,7 +90,7 @@ def parse_constrained(t: Any, mode: str, datasets: tuple[str, ...]) -> Constrain
 
 def check_study(spec: StudySpec, src: str) -> None:
     """Checks that need the whole study: the baseline exists, the sampler honours constraints."""
-    from search.spec import StudySpecError
+    from search.spec_reader import StudySpecError
 
     c = spec.objectives.constrained
     if c is None:
@@ -134,72 +133,3 @@ def stored_constraints(
         return dict(trial.constraints)
     attrs = study.user_attrs if post is None else post
     return dict(attrs.get(f"trial/{trial.number}/{CONSTRAINTS_ATTR}") or {})
-
-
-class ConstraintTracker:
-    """The coordinator's side: constraint values for each trial it tells (see the module docstring)."""
-
-    def __init__(self, spec: StudySpec, study: optuna.Study) -> None:
-        from search.trials import baseline_trials
-
-        self.c: ConstrainedSpec = spec.objectives.constrained  # type: ignore[assignment]
-        base = baseline_trials(study).get(self.c.baseline)
-        self.base_scores: dict[str, float] | None = (
-            dict(base.user_attrs.get("scores") or {}) if base else None
-        )
-        self.pending: dict[int, dict[str, float]] = {}  # trial number -> scores, told before the baseline
-
-    def at_tell(
-        self,
-        study: optuna.Study,
-        trial: optuna.Trial,
-        baseline: str | None,
-        scores: dict[str, float],
-        complete: bool,
-    ) -> None:
-        """Store thread, just before ``study.tell``: set the trial's constraints (or remember it until the
-        baseline completes); when this is the baseline completing, store the pending trials' values."""
-        from search.trials import set_trial_result
-
-        scores = {short_name(d): v for d, v in scores.items()}
-        if baseline == self.c.baseline and complete:
-            self.base_scores = dict(scores)
-            for number, s in self.pending.items():
-                set_trial_result(
-                    study, number, CONSTRAINTS_ATTR, constraint_values(s, self.base_scores, self.c)
-                )
-            self.pending.clear()
-        if self.base_scores is None:
-            self.pending[trial.number] = scores
-            return
-        for d, v in constraint_values(scores, self.base_scores, self.c).items():
-            trial.set_constraint(d, v)
-
-
-def feasibility(ev: StudyEvidence, trial: FrozenTrial, scope: str) -> bool | None:
-    """Constrained mode: ``trial`` against the named baseline's scores in ``scope`` (proxy: the stored
-    constraint values when there are any; full / held-out: the per-dataset accuracies there)."""
-    spec = ev.spec
-    c = getattr(spec.objectives, "constrained", None) if spec else None
-    if c is None:
-        return None
-    base = ev.baselines.get(c.baseline)
-    if scope == "proxy":
-        stored = stored_constraints(ev.study, trial, ev.study_attrs)
-        if stored:
-            return is_feasible(stored)
-        if base is None:
-            return None
-        return is_feasible(
-            constraint_values(trial.user_attrs.get("scores") or {}, base.user_attrs.get("scores") or {}, c)
-        )
-    if base is None:
-        return None
-    mine, theirs = ev.scored(trial, scope).per_dataset, ev.scored(base, scope).per_dataset
-    targets = ev.target_names(scope)
-    vals = {
-        d: (theirs[d].value - c.within / 100.0) - e.value
-        for d, e in mine.items()
-        if d not in targets and d in theirs
-    }
-    return is_feasible(vals)

@@ -221,7 +221,7 @@ class Coordinator:
         self._waits = 0
         self._skipped = 0
         self._optuna_cpu_s = 0.0  # CPU time in Optuna's ask, sampler, report and tell (RunSummary)
-        self._constraints: Any = None  # constrained mode: search.constrained.ConstraintTracker
+        self._constraints: Any = None  # constrained mode: search.constraint_tracker.ConstraintTracker
 
     # ------------------------------------------------------------------ study bookkeeping (single writer)
 
@@ -240,7 +240,7 @@ class Coordinator:
         self.recover_orphans()
         self._enqueue_baselines()
         if self.spec.objectives.constrained is not None:
-            from search.constrained import ConstraintTracker
+            from search.constraint_tracker import ConstraintTracker
 
             self._constraints = ConstraintTracker(self.spec, self.study)
         for line in add_warm_starts(self.study, self.space, self.spec.warm_start):  # once per study

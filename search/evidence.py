@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from merge_core.errors import MergesearchError
 from objectives.stats import Estimate, PairedGain, paired_gain, weighted_accuracy, wilson
+from search.constrained import constraint_values, is_feasible, stored_constraints
 from search.objective_values import short_name, weight_of
 from search.trials import baseline_trials, ranked_trials
 
@@ -273,8 +274,6 @@ class StudyEvidence:
     def feasible(self, trial: FrozenTrial, scope: str = "proxy") -> bool | None:
         """Constrained mode: whether ``trial`` meets the constraints in ``scope`` (None: not constrained /
         the named baseline has no scores there)."""
-        from search.constrained import feasibility
-
         return feasibility(self, trial, scope)
 
     @functools.cache  # noqa: B019 - one evidence object per command; the study does not change under it
@@ -321,3 +320,32 @@ class StudyEvidence:
             if baseline == VLM_ALONE
             else f"trial {trial.number} did not beat {baseline} at 95% on the {where}: {g.gain.as_points(sign=True)} points"
         )
+
+
+def feasibility(ev: StudyEvidence, trial: FrozenTrial, scope: str) -> bool | None:
+    """Constrained mode: ``trial`` against the named baseline's scores in ``scope`` (proxy: the stored
+    constraint values when there are any; full / held-out: the per-dataset accuracies there)."""
+    spec = ev.spec
+    c = getattr(spec.objectives, "constrained", None) if spec else None
+    if c is None:
+        return None
+    base = ev.baselines.get(c.baseline)
+    if scope == "proxy":
+        stored = stored_constraints(ev.study, trial, ev.study_attrs)
+        if stored:
+            return is_feasible(stored)
+        if base is None:
+            return None
+        return is_feasible(
+            constraint_values(trial.user_attrs.get("scores") or {}, base.user_attrs.get("scores") or {}, c)
+        )
+    if base is None:
+        return None
+    mine, theirs = ev.scored(trial, scope).per_dataset, ev.scored(base, scope).per_dataset
+    targets = ev.target_names(scope)
+    vals = {
+        d: (theirs[d].value - c.within / 100.0) - e.value
+        for d, e in mine.items()
+        if d not in targets and d in theirs
+    }
+    return is_feasible(vals)

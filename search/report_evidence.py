@@ -44,6 +44,9 @@ def recipe_text(recipe: dict[str, Any]) -> str:
     return " · ".join([*parts, c["components"], c["schedule"]])
 
 
+_SHARED_FIELDS = {"weight", "vlm_weight", "llm_weight", "lambda", "density", "normalize", "rescale"}
+
+
 def recipe_cells(recipe: dict[str, Any]) -> dict[str, str]:
     """A recipe as the field writes it: method, weights, density, components, schedule."""
     from merge_core import Recipe
@@ -53,8 +56,11 @@ def recipe_cells(recipe: dict[str, Any]) -> dict[str, str]:
         recipe = Recipe.from_dict(recipe).to_dict()
     except MergesearchError:  # shown as stored when it does not validate (e.g. no model paths)
         pass
+    from merge_core.methods.registry import registry
+
     m = recipe.get("method", "?")
-    if m in ("linear", "layer_swap"):
+    mdef = registry().get(str(m))
+    if mdef is not None and not mdef.is_task_vector:  # the linear family weighs the LLM by one w
         weights = f"w_LLM = {_num(recipe.get('weight'))}"
     else:
         weights = f"a_VLM = {_num(recipe.get('vlm_weight'))}, a_LLM = {_num(recipe.get('llm_weight'))}"
@@ -65,8 +71,13 @@ def recipe_cells(recipe: dict[str, Any]) -> dict[str, str]:
     extra = ", ".join(f"{k} {v}" for k, v in sched.items())
     comps = recipe.get("components") or []
     cw = recipe.get("component_weights") or {}
+    own = [  # the method's own fields (della's epsilon, breadcrumbs' gamma, sce's select_topk)
+        f"{pd.name} {_num(recipe[pd.name])}"
+        for pd in (mdef.params if mdef else ())
+        if pd.name not in _SHARED_FIELDS and recipe.get(pd.name) is not None
+    ]
     return {
-        "method": str(m),
+        "method": str(m) + (f" ({', '.join(own)})" if own else ""),
         "weights": weights,
         "density": "" if recipe.get("density") is None else _num(recipe.get("density")),
         "components": " + ".join(comps) + (f" ({cw})" if cw else ""),

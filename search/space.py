@@ -5,8 +5,10 @@ Parameters (Optuna names) and when they exist:
 * ``method`` — categorical over ``space.methods`` (absent when only one).
 * the method's searched fields, as its :class:`~merge_core.methods.registry.MethodDef` declares them:
   ``weight`` (linear family, merged = (1-w)·VLM + w·LLM); ``vlm_weight``, ``llm_weight``, ``lambda``
-  (task-vector family); ``density`` (the sparsifying methods).  Other method fields (della's ``epsilon``
-  ...) take their defaults or ``space.fixed``.
+  (task-vector family); ``density`` (the sparsifying methods); a method's own field (della's ``epsilon``,
+  breadcrumbs' ``gamma``, sce's ``select_topk``) only when the study file ranges it (``space.epsilon``),
+  else it keeps the method's default.  Unsearched fields take their defaults or ``space.fixed`` (a method
+  field there, e.g. ``rescale``, goes only into the recipes of the methods that take it).
 * ``components`` — categorical of subsets (``"attention+mlp"``), or booleans ``comp_<name>`` for
   ``space.component_flags`` (an empty choice falls back to the first flag, so every trial merges something).
 * ``schedule`` — categorical over shapes; ``start`` only for ``step`` (and always for a method whose
@@ -67,7 +69,7 @@ class SearchSpace:
         r["method"] = method
         mdef = method_registry().get(method)
         for p in mdef.params:  # the method's searched fields, in its declaration order
-            if p.searched and p.name in SEARCHED:
+            if p.searched and (p.name in SEARCHED or p.name in s.own):
                 r[p.name] = _suggest(trial, p.name, s.param(p.name))
         if s.component_flags:
             chosen = [c for c in s.component_flags if trial.suggest_categorical(f"comp_{c}", [True, False])]
@@ -84,7 +86,8 @@ class SearchSpace:
                 _suggest(trial, f"r_{i}", s.explicit_value) for i in range(s.explicit_layers)
             ]
         r["schedule"] = schedule
-        r.update(s.fixed)
+        method_fields = set(method_registry().param_names())
+        r.update({k: v for k, v in s.fixed.items() if k not in method_fields or mdef.param(k) is not None})
         return r
 
     def baseline(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +103,10 @@ class SearchSpace:
         if len(s.methods) > 1:
             g["method"] = list(s.methods)
         num: list[tuple[str, Param, bool]] = [
-            *((n, s.param(n), any(m in method_registry().using(n) for m in s.methods)) for n in GRID_ORDER),
+            *(
+                (n, s.param(n), any(m in method_registry().using(n) for m in s.methods))
+                for n in (*GRID_ORDER, *s.own)
+            ),
             (
                 "start",
                 s.start,

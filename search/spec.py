@@ -43,7 +43,6 @@ Layout (all tables optional except ``[models]`` and ``[objectives]``)::
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,12 +53,12 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from merge_core.errors import MergesearchError
 from objectives.engines.choice import VllmOptions, parse_engine
+from search.spec_reader import Param, StudySpecError, TableReader
 from search.warm_start import WarmStart, parse_warm_start
 
-# the method fields the study file gives ranges for (space.<name>); merge_core.methods.registry marks them
-# ``searched``; the other method fields take their defaults or space.fixed
+# the method fields every study file may range (space.<name>), with defaults of their own below;
+# merge_core.methods.registry marks them ``searched``
 SEARCHED = ("weight", "vlm_weight", "llm_weight", "density", "lambda")
 
 
@@ -68,6 +67,18 @@ def method_registry():  # type: ignore[no-untyped-def]
     from merge_core.methods import registry
 
     return registry
+
+
+def own_searched() -> dict[str, Any]:
+    """A method's own searched fields (della's ``epsilon``, breadcrumbs' ``gamma``, sce's ``select_topk``):
+    name → its first :class:`~merge_core.methods.registry.ParamDef`.  A study file ranges one with
+    ``space.<name>``; without it the field keeps the method's default (it is not suggested)."""
+    out: dict[str, Any] = {}
+    for m in method_registry().registry().values():
+        for pd in m.params:
+            if pd.searched and pd.name not in SEARCHED:
+                out.setdefault(pd.name, pd)
+    return out
 
 
 SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "random", "grid")
@@ -79,10 +90,6 @@ TOY_SIZES = ("full", "ci")
 DEVICES = ("auto", "cpu", "cuda")  # Ray gives each worker a GPU of its own, which it sees as cuda:0
 SOURCES = ("device", "host", "auto")  # merge_core.memory_plan's tiers
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
-
-class StudySpecError(MergesearchError):
-    """A study file is missing, unreadable, or has a missing / unknown / out-of-range field."""
 
 
 @dataclass(frozen=True)
@@ -140,30 +147,6 @@ class ObjectivesSpec:
 
 
 @dataclass(frozen=True)
-class Param:
-    """One searched numeric field: fixed (low == high), or a range with optional step / log scale."""
-
-    low: float
-    high: float
-    step: float | None = None
-    log: bool = False
-    integer: bool = False
-
-    @property
-    def fixed(self) -> bool:
-        return self.low == self.high
-
-    def grid_values(self) -> list[float]:
-        """Values a grid sampler enumerates: low, low+step, ..., high (needs a step unless fixed)."""
-        if self.fixed:
-            return [int(self.low) if self.integer else self.low]
-        assert self.step is not None
-        n = int(math.floor((self.high - self.low) / self.step + 1e-9))
-        vals = [self.low + i * self.step for i in range(n + 1)]
-        return [int(round(v)) for v in vals] if self.integer else [round(v, 10) for v in vals]
-
-
-@dataclass(frozen=True)
 class SpaceSpec:
     """What the search varies; see :mod:`search.space` for how a trial becomes a recipe."""
 
@@ -180,10 +163,17 @@ class SpaceSpec:
     explicit_layers: int = 0
     explicit_value: Param = Param(0.0, 1.0)
     fixed: dict[str, Any] = field(default_factory=dict)
+    own: dict[str, Param] = field(default_factory=dict)  # ranged fields of :func:`own_searched`
 
     def param(self, name: str) -> Param:
-        """The range of searched method field ``name`` (JSON name, one of :data:`SEARCHED`)."""
+        """The range of searched method field ``name`` (one of :data:`SEARCHED`, or of :attr:`own`)."""
+        if name in self.own:
+            return self.own[name]
         return getattr(self, "lambda_" if name == "lambda" else name)
+
+    def ranged(self) -> tuple[str, ...]:
+        """Every method field this space gives a range or value for: :data:`SEARCHED`, then :attr:`own`."""
+        return (*SEARCHED, *self.own)
 
     def has_categoricals(self) -> bool:
         """Whether any categorical parameter is searched (CMA-ES cannot handle them)."""
@@ -265,127 +255,6 @@ class StudySpec:
 # --------------------------------------------------------------------------------------------- parsing
 
 
-class _Reader:
-    """Typed access to one TOML table that remembers the dotted path for error messages."""
-
-    def __init__(self, data: dict[str, Any], prefix: str, src: str) -> None:
-        self.data = dict(data)
-        self.prefix = prefix
-        self.src = src
-        self.used: set[str] = set()
-
-    def key(self, k: str) -> str:
-        return f"{self.prefix}{k}"
-
-    def fail(self, k: str, msg: str) -> StudySpecError:
-        return StudySpecError(f"{self.src}: field `{self.key(k)}` {msg}")
-
-    def get(self, k: str, default: Any = None) -> Any:
-        self.used.add(k)
-        return self.data.get(k, default)
-
-    def str_(self, k: str, default: str | None = None, choices: tuple[str, ...] | None = None) -> str | None:
-        v = self.get(k, default)
-        if v is None:
-            return None
-        if not isinstance(v, str):
-            raise self.fail(k, f"must be a string, got {v!r}")
-        if choices is not None and v not in choices:
-            raise self.fail(k, f"is {v!r}; allowed: {', '.join(choices)}")
-        return v
-
-    def int_(self, k: str, default: int | None = None, minimum: int | None = None) -> int | None:
-        v = self.get(k, default)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.fail(k, f"must be an integer, got {v!r}")
-        if minimum is not None and v < minimum:
-            raise self.fail(k, f"must be >= {minimum}, got {v}")
-        return v
-
-    def bool_(self, k: str, default: bool) -> bool:
-        v = self.get(k, default)
-        if not isinstance(v, bool):
-            raise self.fail(k, f"must be true or false, got {v!r}")
-        return v
-
-    def list_str(
-        self, k: str, default: tuple[str, ...] = (), choices: tuple[str, ...] | None = None
-    ) -> tuple[str, ...]:
-        v = self.get(k, list(default))
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise self.fail(k, f"must be a list of strings, got {v!r}")
-        if choices is not None:
-            bad = [x for x in v if x not in choices]
-            if bad:
-                raise self.fail(k, f"has {bad!r}; allowed: {', '.join(choices)}")
-        if len(set(v)) != len(v):
-            raise self.fail(k, f"has duplicates: {v!r}")
-        return tuple(v)
-
-    def table(self, k: str) -> _Reader:
-        v = self.get(k, {})
-        if not isinstance(v, dict):
-            raise self.fail(k, f"must be a table, got {v!r}")
-        return _Reader(v, f"{self.key(k)}.", self.src)
-
-    def param(
-        self,
-        k: str,
-        default: Param,
-        *,
-        lo: float | None = None,
-        hi: float | None = None,
-        integer: bool = False,
-    ) -> Param:
-        """A number (fixed), ``[low, high]``, or ``{low, high, step, log}``; checked against [lo, hi]."""
-        v = self.get(k, None)
-        if v is None:
-            return default
-        step = None
-        log = False
-        if isinstance(v, bool):
-            raise self.fail(k, f"must be a number, [low, high] or {{low, high, step, log}}, got {v!r}")
-        if isinstance(v, (int, float)):
-            low = high = v
-        elif isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
-            low, high = v
-        elif isinstance(v, dict):
-            t = _Reader(v, f"{self.key(k)}.", self.src)
-            low, high = t.get("low"), t.get("high")
-            step, log = t.get("step"), t.bool_("log", False)
-            t.finish()
-            if not isinstance(low, (int, float)) or not isinstance(high, (int, float)):
-                raise self.fail(k, "needs numeric `low` and `high`")
-            if step is not None and (not isinstance(step, (int, float)) or step <= 0):
-                raise self.fail(k, f"step must be a positive number, got {step!r}")
-        else:
-            raise self.fail(k, f"must be a number, [low, high] or {{low, high, step, log}}, got {v!r}")
-        if low > high:
-            raise self.fail(k, f"has low {low} > high {high}")
-        if lo is not None and low < lo or hi is not None and high > hi:
-            raise self.fail(k, f"range [{low}, {high}] is outside the allowed [{lo}, {hi}]")
-        if log and low <= 0:
-            raise self.fail(k, "log scale needs low > 0")
-        if integer:
-            if int(low) != low or int(high) != high or (step is not None and int(step) != step):
-                raise self.fail(k, f"must be integers, got {v!r}")
-            return Param(int(low), int(high), int(step) if step else None, log, True)
-        return Param(float(low), float(high), float(step) if step else None, log, False)
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise StudySpecError(
-                f"{self.src}: unknown field `{self.prefix}{unknown[0]}`"
-                + (f" (and {', '.join(unknown[1:])})" if len(unknown) > 1 else "")
-                + "; check the spelling against studies/toy.toml"
-            )
-
-
 def parse_duration(value: Any, field_name: str, src: str) -> float | None:
     """Seconds from a number or a string like ``"90s"``, ``"45m"``, ``"8h"``; None for none."""
     if value is None:
@@ -407,7 +276,7 @@ def parse_duration(value: Any, field_name: str, src: str) -> float | None:
     return seconds
 
 
-def _parse_models(t: _Reader) -> ModelsSpec:
+def _parse_models(t: TableReader) -> ModelsSpec:
     toy = None
     raw_toy = t.get("toy")
     if raw_toy is not None:
@@ -436,7 +305,7 @@ def _parse_models(t: _Reader) -> ModelsSpec:
     return spec
 
 
-def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
+def _parse_objectives(t: TableReader, toy: bool) -> ObjectivesSpec:
     from search.spec_generation import parse_generation
 
     datasets = t.list_str("datasets", ())
@@ -488,7 +357,7 @@ def _parse_objectives(t: _Reader, toy: bool) -> ObjectivesSpec:
     return spec
 
 
-def _parse_space(t: _Reader) -> SpaceSpec:
+def _parse_space(t: TableReader) -> SpaceSpec:
     d = SpaceSpec()
     methods = t.list_str("methods", d.methods, method_registry().names())
     if not methods:
@@ -527,7 +396,26 @@ def _parse_space(t: _Reader) -> SpaceSpec:
     fixed = t.get("fixed", {})
     if not isinstance(fixed, dict):
         raise t.fail("fixed", f"must be a table of recipe fields, got {fixed!r}")
-    searched = {"method", "weight", "vlm_weight", "llm_weight", "density", "lambda", "components", "schedule"}
+    own: dict[str, Param] = {}
+    for name, pd in own_searched().items():
+        if name in t.data:
+            users = method_registry().using(name)
+            if not set(users) & set(methods):
+                raise t.fail(name, f"applies to {', '.join(users)} only, and space.methods lists none of them")
+            own[name] = t.param(name, Param(pd.default, pd.default), lo=pd.lo, hi=pd.hi,
+                                integer=pd.kind == "integer")  # fmt: skip
+            if pd.open_low and own[name].low <= pd.lo:
+                raise t.fail(name, f"must be > {pd.lo} (the range ({pd.lo}, {pd.hi}] of {name})")
+    unused = sorted(
+        k for k in fixed
+        if k in method_registry().param_names() and not set(method_registry().using(k)) & set(methods)
+    )  # fmt: skip
+    if unused:
+        raise t.fail(
+            "fixed", f"sets {unused[0]!r}, which only {', '.join(method_registry().using(unused[0]))} take(s), "
+            "and space.methods lists none of them; remove it or add such a method",
+        )
+    searched = {"method", *SEARCHED, *own, "components", "schedule"}
     clash = sorted(set(fixed) & searched)
     if clash:
         raise t.fail(
@@ -547,11 +435,44 @@ def _parse_space(t: _Reader) -> SpaceSpec:
         explicit_layers=explicit_layers,
         explicit_value=t.param("explicit_value", d.explicit_value, lo=0.0, hi=1.0),
         fixed=dict(fixed),
+        own=own,
     )
     if spec.density.low <= 0 and any(m in method_registry().using("density") for m in methods):
         raise t.fail("density", "must be > 0 for ties / dare methods")
+    _check_corners(t, spec)
     t.finish()
     return spec
+
+
+def _check_corners(t: TableReader, space: SpaceSpec) -> None:
+    """A method's cross-field rule (della: density ± epsilon inside (0, 1); breadcrumbs: density + gamma
+    ≤ 1) must hold over the whole space, not only for some trials: each rule is checked at every corner of
+    the ranged fields it reads (the rules are linear, so the corners bound the box)."""
+    import itertools
+
+    for name in space.methods:
+        mdef = method_registry().get(name)
+        if mdef.check is None:
+            continue
+        values: dict[str, list[Any]] = {}
+        for pd in mdef.params:
+            if pd.name in space.fixed:
+                values[pd.name] = [space.fixed[pd.name]]
+            elif pd.searched and pd.name in space.ranged() and (pd.name in SEARCHED or pd.name in space.own):
+                r = space.param(pd.name)
+                values[pd.name] = sorted({r.low, r.high})
+            else:
+                values[pd.name] = [pd.default]
+        for corner in itertools.product(*values.values()):
+            problem = mdef.check(dict(zip(values, corner, strict=True)))
+            if problem:
+                ranged = [k for k, v in values.items() if len(v) > 1]
+                ranged = [k for k in ranged if re.search(rf"\b{k}\b", problem)] or ranged  # the fields it read
+                raise t.fail(
+                    ranged[0] if ranged else "methods",
+                    f"lets method {name!r} draw an invalid recipe: {problem}; narrow "
+                    + " / ".join(f"space.{k}" for k in ranged),
+                )
 
 
 def _parse_baselines(raw: Any, src: str) -> tuple[Baseline, ...]:
@@ -599,7 +520,7 @@ def _check_budget(spec: StudySpec, src: str) -> None:
 
 def spec_from_dict(data: dict[str, Any], *, src: str = "<study>", base_dir: Path | None = None) -> StudySpec:
     """Validate a parsed study table; relative output paths resolve against ``base_dir`` (default: cwd)."""
-    root = _Reader(data, "", src)
+    root = TableReader(data, "", src)
     name = root.str_("name")
     if not name or not _NAME_RE.match(name):
         raise root.fail("name", f"must be a non-empty name of letters, digits, '_', '-', '.', got {name!r}")
@@ -645,7 +566,7 @@ def spec_from_dict(data: dict[str, Any], *, src: str = "<study>", base_dir: Path
     if sampler.name == "grid":
         m = set(space.methods)
         for fname, p, used in (
-            *((n, space.param(n), bool(m & set(method_registry().using(n)))) for n in SEARCHED),
+            *((n, space.param(n), bool(m & set(method_registry().using(n)))) for n in space.ranged()),
             ("start", space.start, "step" in space.schedules or any(method_registry().get(x).schedule for x in m)),
             ("explicit_value", space.explicit_value, "explicit" in space.schedules),
         ):

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 from objectives.generation_defaults import PRESETS
 
 if TYPE_CHECKING:
-    from search.spec import _Reader
+    from search.spec_reader import TableReader
 
 
-def _number(t: _Reader, k: str, *, minimum: float, strict: bool) -> float | None:
+def _number(t: TableReader, k: str, *, minimum: float, strict: bool) -> float | None:
     v = t.get(k)
     if v is None:
         return None
@@ -41,7 +41,7 @@ def _number(t: _Reader, k: str, *, minimum: float, strict: bool) -> float | None
     return float(v)
 
 
-def _int_list(t: _Reader, k: str) -> list[int] | None:
+def _int_list(t: TableReader, k: str) -> list[int] | None:
     v = t.get(k)
     if v is None:
         return None
@@ -52,7 +52,7 @@ def _int_list(t: _Reader, k: str) -> list[int] | None:
     return list(dict.fromkeys(v))
 
 
-def parse_generation(objectives: _Reader, toy: bool) -> dict[str, Any]:
+def parse_generation(objectives: TableReader, toy: bool) -> dict[str, Any]:
     """The validated ``objectives.generation`` table (plus a legacy ``objectives.max_new_tokens``) as
     ``{"preset": ..., <field set>: value}``; a :class:`search.spec.StudySpecError` names the bad field."""
     legacy = objectives.data.get("max_new_tokens")

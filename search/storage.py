@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from merge_core.errors import MergesearchError
+from search.db_url import mask_url
 
 if TYPE_CHECKING:
     import optuna
@@ -29,19 +30,6 @@ log = logging.getLogger(__name__)
 
 class StorageError(MergesearchError):
     """The study storage cannot be opened (bad URL, unwritable path, server unreachable, no such study)."""
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for every message and log line)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # unparsable URL: hide everything between '://' and '@'
-        head, sep, rest = url.partition("://")
-        if "@" in rest:
-            return f"{head}{sep}***@{rest.rsplit('@', 1)[1]}"
-        return url
 
 
 def _mask_text(text: str, url: str) -> str:

@@ -13,6 +13,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from merge_core.errors import MergesearchError
+from search.constrained import is_feasible, stored_constraints
 
 if TYPE_CHECKING:
     import optuna
@@ -78,8 +79,6 @@ def infeasible_numbers(study: optuna.Study, trials: list[FrozenTrial]) -> set[in
     """Numbers of the trials whose constraint values (search.constrained) are not all <= 0."""
     if not any(t.constraints for t in trials):  # not a constrained study (its baseline carries values)
         return set()
-    from search.constrained import is_feasible, stored_constraints
-
     post = study.user_attrs
     return {t.number for t in trials if is_feasible(stored_constraints(study, t, post)) is False}
 

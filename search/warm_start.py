@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from merge_core.errors import MergesearchError
+from search.db_url import mask_url
 
 if TYPE_CHECKING:
     import optuna
@@ -47,7 +48,7 @@ class WarmStart:
 
 def parse_warm_start(raw: Any, src: str) -> tuple[WarmStart, ...]:
     """``warm_start`` of a study file: a list of ``{storage, study}`` tables (absent: none)."""
-    from search.spec import StudySpecError
+    from search.spec_reader import StudySpecError
 
     if raw is None:
         return ()
@@ -94,8 +95,6 @@ def fit(space: SearchSpace, params: dict[str, Any]) -> tuple[dict[str, Any] | No
 
 
 def _key(source: WarmStart) -> str:
-    from search.storage import mask_url
-
     return f"{ATTR_PREFIX}{source.study}@{mask_url(source.storage)}"
 
 

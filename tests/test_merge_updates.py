@@ -120,6 +120,9 @@ def test_invalidate_sends_everything_and_recipe_checks(tmp_path_factory, tmp_pat
     with pytest.raises(RecipeError, match="'llm'"):
         updates.pending(alone.replace(llm=str(other)))
     bf16 = WeightUpdates(str(trio.vlm), str(trio.llm), dtype="bfloat16")
+    with pytest.raises(RecipeError, match="'dtype' is 'float32' but these WeightUpdates hold torch.bfloat16; open"):
+        bf16.plan(alone.replace(dtype="float32", weight=0.3))
+    assert bf16.plan(alone) is bf16.plan(alone.replace())  # one plan per recipe, built once
     lin = alone.replace(weight=0.5)
     assert {t.dtype for _, t in bf16.updates(lin)} == {torch.bfloat16}
     cfg = json.loads((trio.vlm / "config.json").read_text())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search.constrained import ConstraintTracker, constraint_values
+from search.constrained import constraint_values
+from search.constraint_tracker import ConstraintTracker
 from search.objective_values import objective_values
 from search.spec import StudySpecError, spec_from_dict
 from search.trials import ranked_trials, trial_attr

@@ -22,3 +22,36 @@ def test_report_draws_intermediate_values_only_where_they_are_stored():
     study.tell(t, state=TrialState.PRUNED)
     fig = _intermediate_values(study, vis)
     assert [list(tr.y) for tr in fig.data] == [[0.25]]
+
+
+def test_recipe_cells_read_the_method_registry() -> None:
+    """The report's recipe cells follow each method's declaration: the linear family shows its one LLM
+    weight, a task-vector method its two weights, and a method's own fields appear beside its name."""
+    from merge_core.methods.registry import registry
+    from search.report_evidence import recipe_cells
+
+    for name, mdef in registry().items():
+        fields = {p.name: (p.default if p.default is not None else 0.25) for p in mdef.params}
+        fields = {
+            k: (0.25 if isinstance(v, bool) else v)
+            for k, v in fields.items()
+            if k not in ("normalize", "rescale")
+        }
+        cells = recipe_cells({"method": name, **fields})
+        if mdef.is_task_vector:
+            assert cells["weights"].startswith("a_VLM = "), name
+        else:
+            assert cells["weights"] == "w_LLM = 0.25", name
+        own = [
+            p.name
+            for p in mdef.params
+            if p.name
+            not in ("weight", "vlm_weight", "llm_weight", "lambda", "density", "normalize", "rescale")
+        ]
+        assert all(f"{o} " in cells["method"] for o in own) and cells["method"].startswith(name), (
+            name,
+            cells,
+        )
+    assert recipe_cells({"method": "della", "vlm_weight": 1.0, "llm_weight": 0.5, "epsilon": 0.1})[
+        "method"
+    ] == ("della (epsilon 0.1)")

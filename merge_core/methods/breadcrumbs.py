@@ -67,7 +67,7 @@ METHODS = (
     MethodDef(
         "breadcrumbs", "task_vector",
         (*task_weights(), density(), normalize(False), rescale("none"),
-         ParamDef("gamma", lo=0.0, hi=1.0, default=0.01, help="fraction of largest |τ| dropped")),
+         ParamDef("gamma", lo=0.0, hi=1.0, default=0.01, searched=True, help="fraction of largest |τ| dropped")),
         {"mergekit": merge}, mergekit="breadcrumbs", mergekit_model_params=("density", "gamma"),
         check=_check, order=60,
     ),

@@ -90,7 +90,7 @@ METHODS = (
     MethodDef(
         "della", "task_vector",
         (*task_weights(), density(), normalize(True), rescale("l1"),
-         ParamDef("epsilon", lo=0.0, hi=0.5, default=0.0, help="half-width of the keep probabilities")),
+         ParamDef("epsilon", lo=0.0, hi=0.5, default=0.0, searched=True, help="half-width of the keep probabilities")),
         {"mergekit": merge},
         mergekit="della", mergekit_model_params=("density", "epsilon"), mergekit_params=("rescale",),
         check=_check, order=70,

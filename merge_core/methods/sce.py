@@ -48,7 +48,7 @@ METHODS = (
     MethodDef(
         "sce", "task_vector",
         (*task_weights(),
-         ParamDef("select_topk", lo=0.0, hi=1.0, open_low=True, default=1.0,
+         ParamDef("select_topk", lo=0.0, hi=1.0, open_low=True, default=1.0, searched=True,
                   help="fraction of highest-variance entries kept")),
         {"mergekit": merge}, mergekit="sce", mergekit_params=("select_topk",), order=80,
     ),

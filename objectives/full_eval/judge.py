@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from merge_core.atomic import write_bytes_atomic
+
 REDACTED = "***"
 # Files VLMEvalKit writes as text (logs, status.json, csv tables) that could carry an echoed key.
 _TEXT_SUFFIXES = {".log", ".txt", ".json", ".jsonl", ".csv", ".tsv", ".out", ".err"}
@@ -91,8 +93,6 @@ def redact_tree(root: str | Path, judge: JudgeSettings, environ: Mapping[str, st
             continue
         data = path.read_bytes()
         if needle in data:
-            tmp = path.with_name(path.name + ".redact-tmp")
-            tmp.write_bytes(data.replace(needle, REDACTED.encode()))
-            os.replace(tmp, path)
+            write_bytes_atomic(path, data.replace(needle, REDACTED.encode()))
             changed += 1
     return changed

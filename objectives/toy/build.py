@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from merge_core.atomic import replace_dir
 from merge_core.errors import MergesearchError
 from objectives.toy import bench_data, tasks
 from objectives.toy.fingerprint import machine_info, weights_fingerprint
@@ -148,12 +149,8 @@ def build_into(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         _build(tmp, seed, SIZES[size], size, progress)
-        if force and out.exists():  # replace only once the new world is complete
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            tmp.rename(out)
+        try:  # with --force, the old world is replaced only once the new one is complete
+            replace_dir(tmp, out, replace=force)
         except OSError:
             if not (out / MANIFEST).is_file():  # another process finished the same world first: use theirs
                 raise

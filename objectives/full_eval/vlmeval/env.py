@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from merge_core.atomic import replace_dir
+
 from ..errors import VLMEvalEnvError
 
 # The release whose run.py options and score-file formats this adapter was written against.
@@ -119,9 +121,7 @@ def create_env(
         text=True,
     ).stdout.strip()
     (partial / STAMP).write_text(json.dumps({"pip_spec": pip_spec, "ms_vlmeval": version}) + "\n")
-    if env_dir.exists():
-        shutil.rmtree(env_dir)
-    os.replace(partial, env_dir)
+    replace_dir(partial, env_dir)
     log(f"VLMEvalKit {version} ready in {env_dir}")
     return env_python(env_dir)
 

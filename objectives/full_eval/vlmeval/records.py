@@ -12,10 +12,10 @@ rule-based: VLMEvalKit's own (judge) overall stays the backend's reported score.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from merge_core.atomic import write_text_atomic
 from objectives.datasets import DatasetError
 
 from ..tables import DatasetInfo
@@ -77,7 +77,4 @@ def write_item_records(
     if not lines:
         path.unlink(missing_ok=True)  # an older run's records would pass for this one's
         return None
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")

@@ -71,7 +71,7 @@ def demo_seed(spec, seed: int, bank, runs: bool, out: Path) -> tuple[float, floa
     ``seed``: replayed on the bank, or (``runs``) a real study with the demo's workers."""
     import dataclasses
 
-    from search.coordinator import _describe
+    from search.ledger import describe_recipe as _describe
 
     sp = spec.replace(sampler=dataclasses.replace(spec.sampler, seed=seed))
     if not runs:

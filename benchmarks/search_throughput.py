@@ -116,12 +116,8 @@ def bare_workers(study: str, tmp: Path, workers: int) -> Iterator[list[Any]]:
     )
     coord = Coordinator(spec, resolve(spec), live=False, console=Console(quiet=True))
     coord.open()
-    coord._start_ray()
-    try:
-        coord._start_workers()
+    with coord:  # Ray and the workers, stopped again on the way out
         yield [s.actor for s in coord.slots]
-    finally:
-        coord._shutdown()
 
 
 def round_trip_floor(actor: Any, recipe: dict[str, Any], calls: int = 15) -> float:

@@ -33,7 +33,7 @@ def best_baseline(study: optuna.Study) -> FrozenTrial | None:
 
 
 def _describe(recipe: dict[str, Any]) -> str:
-    from search.coordinator import _describe as describe
+    from search.ledger import describe_recipe as describe
 
     return describe(recipe)
 

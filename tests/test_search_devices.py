@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,10 +13,11 @@ import merge_core.memory_plan as mp
 import search.resolve
 from merge_core.memory_plan import MemoryPlanError
 from search.cli import main as cli_main
-from search.coordinator import Coordinator, WorkerStartError
+from search.coordinator import WorkerStartError
 from search.resolve import Resolved
 from search.run import plan_sources
 from search.spec import StudySpecError, merge_components, spec_from_dict
+from search.worker_pool import placement, worker_config
 from tests.tiny.models import cached_trio
 
 
@@ -109,17 +109,15 @@ def test_ray_cluster_with_fewer_gpus_than_workers(monkeypatch):
     import ray
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
-    fake = SimpleNamespace(spec=spec_from_dict(_study({"device": "cuda"})), n_workers=3)
+    spec = spec_from_dict(_study({"device": "cuda"}))
     with pytest.raises(WorkerStartError, match="3 workers asked on 'cuda' but the Ray cluster has 2 GPU"):
-        Coordinator._resources(fake)
-    fake.n_workers = 2
-    assert Coordinator._resources(fake) == ("cuda", {"num_gpus": 1, "num_cpus": 1}, 2)
+        placement(spec, 3)
+    assert placement(spec, 2) == ("cuda", {"num_gpus": 1, "num_cpus": 1}, 2)
 
 
 def test_workers_get_the_sources_tier_and_the_components(monkeypatch):
     spec = spec_from_dict(_study({"sources": "host"}, space={"components": [["attention"], ["embed"]]}))
-    fake = SimpleNamespace(spec=spec, resolved=Resolved("/v", "/l", None, ("A",), None), worker_env={})
-    cfg = Coordinator._worker_config(fake, "cpu")
+    cfg = worker_config(spec, Resolved("/v", "/l", None, ("A",), None), "cpu", {})
     assert cfg.sources == "host" and cfg.components == ("attention", "embed")
 
 

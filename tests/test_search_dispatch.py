@@ -84,35 +84,35 @@ def _coordinator(
     c.open()
     actor = FakeActor()
     slot = Slot(0, actor, {"worker": "fake"})
-    c.slots, c.steps, c.datasets = [slot], [[["A", 2], ["B", 2]]] * STEPS, ("A", "B")
-    real_new = c._new_trial
+    c.use_workers([slot], [[["A", 2], ["B", 2]]] * STEPS, ("A", "B"))
+    real_ask = c.ledger.ask
 
-    def new_trial():  # remember which trial each recipe id belongs to, for readable call logs
-        r = real_new()
+    def ask():  # remember which trial each recipe id belongs to, for readable call logs
+        r = real_ask()
         if r is not None:
             actor.numbers[r.recipe_id] = r.trial.number
         return r
 
-    c._new_trial = new_trial  # type: ignore[method-assign]
+    c.ledger.ask = ask  # type: ignore[method-assign]
     return c, slot, actor
 
 
 def _deliver(c: Coordinator, slot: Slot, correct: bool | list[bool], t: list[float]) -> tuple[int, int]:
     """The oldest call in flight returns, its 4 items (A, A, B, B) all ``correct`` or as listed; ``t`` is the
     worker clock, advanced by 1 s per call, with a 0.01 s gap before each call."""
-    r, k, ref = slot.inflight.popleft()
+    call = slot.inflight.popleft()
     t[0] += 0.01
     start = t[0]
     t[0] += 1.0
     right = correct if isinstance(correct, list) else [correct] * 4
     recs = [{"dataset": d, "correct": ok} for d, ok in zip("AABB", right, strict=True)]
-    c._on_result(slot, r, k, slot.actor.run_step.execute(ref, recs, start, t[0]))
-    return r.trial.number, k
+    c.handle_result(slot, call, slot.actor.run_step.execute(call.ref, recs, start, t[0]))
+    return call.trial.number, call.step
 
 
 def test_without_pruner_steps_and_next_trial_queue_behind_the_running_call(tmp_path):
     c, slot, actor = _coordinator(tmp_path, {"name": "none"}, n_trials=2)
-    c._top_up(slot)
+    c.feed(slot)
     assert actor.calls == [(0, 0), (0, 1), (0, 2)]  # PIPELINE = 3 calls wait on the worker
     clock = [0.0]
     for _ in range(2):
@@ -126,22 +126,22 @@ def test_without_pruner_steps_and_next_trial_queue_behind_the_running_call(tmp_p
     assert all(t.value == 1.0 and t.user_attrs["n_items"] == 4 * STEPS for t in trials)
     assert all(t.intermediate_values == {} for t in trials)  # nothing reads them without a pruner
     # 8 calls, 7 gaps of 0.01 s between them on the worker's clock
-    assert c._idle == pytest.approx(7 * 0.01) and c._busy == pytest.approx(8.0)
+    assert c.stats.idle_s == pytest.approx(7 * 0.01) and c.stats.busy_s == pytest.approx(8.0)
 
 
 def test_pruning_points_wait_for_the_decision_and_waste_no_step(tmp_path):
     pruner = {"name": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 2}}
     c, slot, actor = _coordinator(tmp_path, pruner, n_trials=3)
-    c._top_up(slot)
+    c.feed(slot)
     clock = [0.0]
-    while c._n_complete == 0:  # trial 0 runs in full: nothing complete yet, so nothing can be pruned
+    while c.n_complete == 0:  # trial 0 runs in full: nothing complete yet, so nothing can be pruned
         _deliver(c, slot, True, clock)
     assert actor.calls[:STEPS] == [(0, k) for k in range(STEPS)]
     # a median pruner compares other trials' values at every step: all reported
     assert c.study.trials[0].intermediate_values == {k: 1.0 for k in range(1, STEPS)}
     # trial 1 (all wrong): step 1 is queued at once (no decision before 2 steps of warm-up), step 2 only
     # after the report of step 2 ... which prunes it: its steps 2 and 3 are never sent
-    assert slot.inflight[0][0].trial.number == 1
+    assert slot.inflight[0].trial.number == 1
     calls_before = len(actor.calls)
     assert _deliver(c, slot, False, clock) == (1, 0)
     assert actor.calls[calls_before:] == []  # step 1 was already queued; step 2 waits for the decision
@@ -149,7 +149,7 @@ def test_pruning_points_wait_for_the_decision_and_waste_no_step(tmp_path):
     t1 = c.study.trials[1]
     assert t1.state == TrialState.PRUNED and t1.user_attrs["n_items"] == 8
     # a pruned trial has no value to reuse: only the complete trial 0 is in the recipe cache
-    assert set(c._cache) == {c.study.trials[0].user_attrs["recipe_id"]}
+    assert set(c.ledger.recipe_cache) == {c.study.trials[0].user_attrs["recipe_id"]}
     assert (1, 2) not in actor.calls and actor.calls[-2:] == [(2, 0), (2, 1)]  # the worker moved on at once
 
 
@@ -168,11 +168,11 @@ def test_a_baseline_runs_in_full_whatever_the_pruner_says(tmp_path, pruner):
         {"name": "vlm_alone", "method": "linear", "weight": 0.0},
     ]
     c, slot, actor = _coordinator(tmp_path, pruner, n_trials=3, baselines=baselines)
-    c._top_up(slot)
+    c.feed(slot)
     clock = [0.0]
-    while c._n_complete == 0:
+    while c.n_complete == 0:
         _deliver(c, slot, True, clock)  # baseline llm_lm: all right
-    while c._n_complete == 1:
+    while c.n_complete == 1:
         _deliver(c, slot, False, clock)  # baseline vlm_alone: all wrong, below the median at every step
     t1 = c.study.trials[1]
     assert t1.user_attrs["baseline"] == "vlm_alone" and t1.state == TrialState.COMPLETE
@@ -187,13 +187,13 @@ def test_a_baseline_runs_in_full_whatever_the_pruner_says(tmp_path, pruner):
 def test_a_trial_that_raises_fails_and_its_queued_step_is_dropped(tmp_path):
     ray = pytest.importorskip("ray")
     c, slot, actor = _coordinator(tmp_path, {"name": "none"}, n_trials=2)
-    c._top_up(slot)
-    r, k, _ = slot.inflight.popleft()
+    c.feed(slot)
+    call = slot.inflight.popleft()
     err = ray.exceptions.RayTaskError("run_step", "traceback", RuntimeError("CUDA out of memory"))
-    c._on_error(slot, r, err)
+    c.handle_error(slot, call, err)
     t0 = c.study.trials[0]
     assert t0.state == TrialState.FAIL and "CUDA out of memory" in t0.user_attrs["fail_reason"]
-    assert [(e[0].trial.number, e[1]) for e in slot.inflight] == [(0, 1), (0, 2)]  # already on the worker
+    assert [(e.trial.number, e.step) for e in slot.inflight] == [(0, 1), (0, 2)]  # already on the worker
     clock = [0.0]
     _deliver(c, slot, True, clock)  # dropped
     assert len(actor.calls) == 3  # no new trial queued behind a failed one's leftovers
@@ -274,13 +274,13 @@ def _twin_studies_agree(make, refresh: bool) -> None:
 
 def test_trials_asked_ahead_start_after_a_budget_stop_but_not_after_a_timeout(tmp_path):
     c, slot, actor = _coordinator(tmp_path, {"name": "none"}, n_trials=3)
-    ready = c._new_trial()
+    ready = c.ledger.ask()
     assert ready is not None
-    c._ready.append(ready)
-    c._stop = "timeout"  # the study's time is up: nothing more starts; shutdown re-enqueues it
-    assert c._take_next() is None and c._top_up(slot) == [] and actor.calls == []
-    c._stop = "n_trials reached"  # asked within the budget: it runs
-    assert c._take_next() is ready
+    c.handoff.put(ready)
+    c.handoff.set_stop("timeout")  # the study's time is up: nothing more starts; shutdown re-enqueues it
+    assert c.take_next() is None and c.feed(slot) == [] and actor.calls == []
+    c.handoff.set_stop("n_trials reached")  # asked within the budget: it runs
+    assert c.take_next() is ready
 
 
 def _level(recipe_id: str) -> float:
@@ -289,7 +289,7 @@ def _level(recipe_id: str) -> float:
 
 
 def test_the_loop_leaves_every_storage_call_to_the_store_thread(tmp_path, monkeypatch):
-    """The real dispatch loop (``Coordinator._loop``) over two stand-in workers and a stand-in ``ray.wait`` /
+    """The real dispatch loop (``Coordinator.loop``) over two stand-in workers and a stand-in ``ray.wait`` /
     ``ray.get``: every call into Optuna's storage made while it runs comes from the store thread, and the
     study it leaves is right: every trial told, pruned ones stopped at the decision with no step sent
     after it, complete ones with the value their records give."""
@@ -298,7 +298,7 @@ def test_the_loop_leaves_every_storage_call_to_the_store_thread(tmp_path, monkey
     c, slot, actor = _coordinator(tmp_path, pruner, n_trials=16)
     other = FakeActor()
     other.numbers = other.run_step.numbers = actor.numbers
-    c.slots = [slot, Slot(1, other, {"worker": "fake-2"})]
+    c.use_workers([slot, Slot(1, other, {"worker": "fake-2"})], c.steps, c.datasets)
     clock = [0.0]
 
     def fake_wait(refs, num_returns=1, timeout=None):
@@ -326,8 +326,8 @@ def test_the_loop_leaves_every_storage_call_to_the_store_thread(tmp_path, monkey
             return _f(*args, **kwargs)
 
         setattr(storage, name, recorded)
-    c._loop()
-    c.store.close()
+    c.loop()
+    c.store_thread.close()
     assert {n for n, _ in callers} >= {"create_new_trial", "set_trial_state_values", "get_all_trials"}
     assert {t for _, t in callers} == {"mergesearch-store_0"}, [x for x in callers if "store" not in x[1]]
 
@@ -375,22 +375,22 @@ def test_at_a_rung_the_worker_decides_and_its_next_call_is_already_queued(tmp_pa
     # 5's first step: the worker adds the rung records of its own decisions
     three = [True, True, True, False]
     outcomes = {0: True, 1: three, 5: three, 7: True}
-    c._top_up(slot)
+    c.feed(slot)
     assert actor.calls == [(0, 0), (0, 1), (1, 0)]  # rung step, its continuation, the next trial's start
-    gate, when = actor.run_step.sent[slot.inflight[0][2]][2:]
+    gate, when = actor.run_step.sent[slot.inflight[0].ref][2:]
     assert gate is not None and gate.step == 1 and when is None
-    assert actor.run_step.sent[slot.inflight[1][2]][3] == (gate.trial_id, 1, False)
-    assert actor.run_step.sent[slot.inflight[2][2]][3] == (gate.trial_id, 1, True)
+    assert actor.run_step.sent[slot.inflight[1].ref][3] == (gate.trial_id, 1, False)
+    assert actor.run_step.sent[slot.inflight[2].ref][3] == (gate.trial_id, 1, True)
     clock = [0.0]
     skipped = 0
     while slot.inflight:
-        number = slot.inflight[0][0].trial.number
+        number = slot.inflight[0].trial.number
         before = len(actor.run_step.ran)
         _deliver(c, slot, outcomes.get(number, False), clock)
         skipped += len(actor.run_step.ran) == before
         told = sum(t.state != TrialState.RUNNING for t in c.study.get_trials())
         assert slot.inflight or told == 8  # the worker always has its next call
-    assert c._waits == 0 and skipped > 0
+    assert c.stats.waits == 0 and skipped > 0
     trials = c.study.get_trials()
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     verdicts = _replay_verdicts(
@@ -409,19 +409,19 @@ def test_a_following_trial_whose_first_step_raises_does_not_stall_its_worker(tmp
     ray = pytest.importorskip("ray")
     pruner = {"name": "successive_halving", "options": {"min_resource": 1, "reduction_factor": 3}}
     c, slot, actor = _coordinator(tmp_path, pruner, n_trials=4)
-    c._top_up(slot)
-    trial_a = slot.inflight[0][0]
+    c.feed(slot)
+    trial_a = slot.inflight[0].trial
     trial_a.done = True  # trial 0 failed meanwhile (e.g. told FAIL by another path): its verdict never counts
     follower = slot.following
     assert follower is not None and follower.trial.number == 1
     slot.inflight.popleft()  # trial 0's rung step: dropped
     slot.inflight.popleft()  # its continuation: dropped
-    b, k, _ = slot.inflight.popleft()
-    assert b is follower and k == 0
+    call = slot.inflight.popleft()
+    assert call.trial is follower and call.step == 0
     err = ray.exceptions.RayTaskError("run_step", "traceback", RuntimeError("merge failed"))
-    c._on_error(slot, b, err)  # the follower's first step ran (the worker saw trial 0 stop) and raised
+    c.handle_error(slot, call, err)  # the follower's first step ran (the worker saw trial 0 stop) and raised
     assert c.study.trials[1].state == TrialState.FAIL
-    assert slot.inflight and slot.inflight[0][0].trial.number == 2  # the worker goes on with a new trial
+    assert slot.inflight and slot.inflight[0].trial.number == 2  # the worker goes on with a new trial
 
 
 def test_a_trial_that_passes_a_gate_lets_the_next_trial_follow_it_again_at_the_next(tmp_path):
@@ -430,16 +430,16 @@ def test_a_trial_that_passes_a_gate_lets_the_next_trial_follow_it_again_at_the_n
     Optuna's own."""
     pruner = {"name": "successive_halving", "options": {"min_resource": 1, "reduction_factor": 2}}
     c, slot, actor = _coordinator(tmp_path, pruner, n_trials=6)
-    c.steps = [[["A", 2], ["B", 2]]] * 8
+    c.use_workers([slot], [[["A", 2], ["B", 2]]] * 8, c.datasets)
     levels = {0: [True] * 4, 1: [True, True, True, False], 2: [True, True, True, False], 3: [False] * 4}
-    c._top_up(slot)
+    c.feed(slot)
     clock = [0.0]
     while slot.inflight:
-        r, k, _ = slot.inflight[0]
+        r, k = slot.inflight[0].trial, slot.inflight[0].step
         right = levels.get(r.trial.number, [True, False, True, False])
         _deliver(c, slot, right if k < 2 else [False] * 4, clock)  # trials fall after their second step
         assert slot.inflight or all(t.state != TrialState.RUNNING for t in c.study.get_trials())
-    assert c._waits == 0
+    assert c.stats.waits == 0
     trials = c.study.get_trials()
     verdicts = _replay_verdicts(
         trials, lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
@@ -452,14 +452,14 @@ def test_a_trial_that_passes_a_gate_lets_the_next_trial_follow_it_again_at_the_n
 
 def test_a_following_trial_counts_as_asked_ahead(tmp_path):
     c, slot, actor = _coordinator(tmp_path, {"name": "none"}, n_trials=6)
-    c.store.start()
+    c.store_thread.start()
     try:
-        slot.following = c.store.call(c._new_trial)
-        c._request_asks()
-        assert c._asks_pending == 0 and not c._ready  # one worker, one trial waiting: nothing more asked
+        slot.following = c.store_thread.call(c.ledger.ask)
+        c.request_asks()
+        assert c.handoff.pending == 0 and not c.handoff.ready()  # one worker, one trial waiting: nothing more asked
         slot.following = None
-        c._request_asks()
-        c.store.drain()
-        assert len(c._ready) == 1
+        c.request_asks()
+        c.store_thread.drain()
+        assert len(c.handoff.ready()) == 1
     finally:
-        c.store.close()
+        c.store_thread.close()

@@ -1,7 +1,7 @@
 """Baselines as points of the space, and warm starts: what the sampler knows besides its own trials.
 
 Coordinator bookkeeping without workers (as tests/test_search_resume.py): the baselines are enqueued by
-``Coordinator.open`` and asked by ``_new_trial``; values are told directly.
+``Coordinator.open`` and asked by ``StudyLedger.ask``; values are told directly.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def test_baselines_in_the_space_carry_params_and_the_sampler_reads_them(tmp_path
     values = {"vlm_alone": 0.30, "llm_lm_in_vlm": 0.45, "ta_normalized": 0.20, "ta_far": 0.10}
     told = {}
     for _ in range(4):
-        r = c._new_trial()
+        r = c.ledger.ask()
         assert r is not None and r.baseline in values
         # what runs is the baseline's own recipe, whether or not it is a point of the space
         assert r.recipe_id == Recipe.from_dict(r.recipe).id
@@ -106,7 +106,7 @@ def test_baselines_in_the_space_carry_params_and_the_sampler_reads_them(tmp_path
     assert told["vlm_alone"].recipe_id == Recipe.from_dict(_full("linear", weight=0.0)).id
     assert told["ta_normalized"].recipe["normalize"] is True
     # the next (sampled) trial: the sampler's draws see the two in-space baselines as points with values
-    nxt = c._new_trial()
+    nxt = c.ledger.ask()
     assert nxt is not None and nxt.baseline is None and sampler.seen
     assert ({"method": "linear", "weight": 0.0, "components": "attention+mlp+norm", "schedule": "constant"}, 0.30) in sampler.seen[0]
     assert ({"method": "linear", "weight": 1.0, "components": "attention+mlp+norm", "schedule": "constant"}, 0.45) in sampler.seen[0]
@@ -119,12 +119,12 @@ def test_baselines_in_the_space_carry_params_and_the_sampler_reads_them(tmp_path
 def test_a_sampled_trial_equal_to_a_baseline_reuses_its_result(tmp_path):
     c = Coordinator(_spec(tmp_path, baselines=BASELINES[:1]), RES, live=False)
     study = c.open()
-    base = c._new_trial()
+    base = c.ledger.ask()
     assert base is not None
     study.tell(base.trial, 0.3)
-    c._cache[base.recipe_id] = base.trial._trial_id  # as _write_finish records a COMPLETE trial
+    c.ledger.recipe_cache[base.recipe_id] = base.trial_id  # as the ledger's finish records a COMPLETE trial
     study.enqueue_trial(dict(study.trials[base.trial.number].params))  # the same point, not a baseline
-    again = c._new_trial()  # told from the cache; the next one runs
+    again = c.ledger.ask()  # told from the cache; the next one runs
     cached = [t for t in study.get_trials() if "cached_from" in t.user_attrs]
     assert [t.user_attrs["cached_from"] for t in cached] == [base.trial.number]
     assert cached[0].value == 0.3 and cached[0].user_attrs["recipe_id"] == base.recipe_id
@@ -164,7 +164,7 @@ def test_warm_start_adds_fitting_trials_once_and_reports_the_rest(tmp_path):
     spec = _spec(tmp_path, baselines=[], warm_start=[{"storage": url, "study": "cheap"}])
     c = Coordinator(spec, RES, live=False)
     events = []
-    c.view.event = events.append
+    c.panel.event = events.append
     study = c.open()
     warm = [t for t in study.get_trials() if "warm_start" in t.user_attrs]
     assert [(t.user_attrs["warm_start"], t.value, t.params["llm_weight"]) for t in warm] == [("cheap#0", 0.61, 1.0)]
@@ -180,7 +180,7 @@ def test_warm_start_adds_fitting_trials_once_and_reports_the_rest(tmp_path):
     c2.open()
     assert sum("warm_start" in t.user_attrs for t in c2.study.get_trials()) == 1
     # the sampler sees the warm point: TPE's first sampled trial after start-up reads it
-    r = c._new_trial()
+    r = c.ledger.ask()
     assert r is not None and r.trial.number == 1
 
 

@@ -213,13 +213,13 @@ def test_wilcoxon_pruner_choice_and_per_item_reports(tmp_path):
     )
     c = Coordinator(spec, Resolved("/m/v", "/m/l", "/m/b", ("A", "B"), None), live=False)
     c.open()
-    c.steps, c.datasets = [[["A", 2], ["B", 1]], [["A", 2], ["B", 1]]], ("A", "B")
-    r = c._new_trial()
+    c.use_workers([], [[["A", 2], ["B", 1]], [["A", 2], ["B", 1]]], ("A", "B"))
+    r = c.ledger.ask()
     assert r is not None
     r.records = [{"dataset": d, "correct": ok} for d, ok in [("A", 1), ("A", 0), ("B", 1), ("A", 1)]]
-    c._report(r, 1, 0.0)  # step 1: its 3 items
+    c.ledger.report(r, 1, 0.0)  # step 1: its 3 items
     # weights 3 and 1, mean 2: a correct A item counts 1.5, a correct B item 0.5
     assert c.study.trials[r.trial.number].intermediate_values == {0: 1.5, 1: 0.0, 2: 0.5}
     r.records += [{"dataset": "A", "correct": 0}, {"dataset": "B", "correct": 1}]
-    c._report(r, 2, 0.0)
+    c.ledger.report(r, 2, 0.0)
     assert c.study.trials[r.trial.number].intermediate_values == {0: 1.5, 1: 0.0, 2: 0.5, 3: 1.5, 4: 0.0, 5: 0.5}

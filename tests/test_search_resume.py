@@ -64,11 +64,11 @@ def test_baselines_enqueued_once_and_first(tmp_path):
     c2.open()
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert [t.user_attrs["baseline"] for t in waiting] == ["vlm_alone"]
-    first = c1._new_trial()
+    first = c1.ledger.ask()
     assert first is not None and first.label == "vlm_alone"
     assert first.recipe["method"] == "linear" and first.recipe["weight"] == 0.0
     assert first.recipe["vlm"] == "/m/vlm"  # the resolved models, not the study file's ids
-    second = c1._new_trial()
+    second = c1.ledger.ask()
     assert second is not None and second.recipe["method"] == "task_arithmetic"
     stored = c1.study.trials[second.trial.number]  # the store's copy, not the Trial object's
     assert stored.user_attrs["recipe_id"] == second.recipe_id and stored.user_attrs["coordinator"] == c1.id
@@ -107,41 +107,41 @@ def test_orphans_of_a_dead_coordinator_are_failed_and_requeued(tmp_path):
     waiting = [t for t in trials.values() if t.state == TrialState.WAITING]
     assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == orphan.number
     # the retry runs with exactly the orphan's parameters
-    nxt = c._new_trial()
+    nxt = c.ledger.ask()
     assert nxt is not None and nxt.trial.params == orphan.params
     assert nxt.recipe["vlm_weight"] == orphan.params["vlm_weight"]
 
     # a stale heartbeat on another host counts as dead too
-    c.grace_s = 0.0
-    assert busy.number in c.recover_orphans()
+    c.ledger.grace_s = 0.0
+    assert busy.number in c.ledger.recover_orphans()
 
 
 def test_budget_counts_running_and_surplus_loses(tmp_path):
     spec = _spec(tmp_path, baselines=[], n_trials=2)
     c = Coordinator(spec, RES, live=False)
     c.open()
-    a, b = c._new_trial(), c._new_trial()
+    a, b = c.ledger.ask(), c.ledger.ask()
     assert a is not None and b is not None
-    assert c._new_trial() is None and c._stop == "n_trials reached"  # 2 RUNNING fill the budget
+    assert c.ledger.ask() is None and c.ledger.stop == "n_trials reached"  # 2 RUNNING fill the budget
     # a third trial asked in a race (another coordinator) is the surplus one: higher number loses
     t3 = c.study.ask()
-    assert c._surplus(t3.number) and not c._surplus(b.trial.number)
+    assert c.ledger.surplus(t3.number) and not c.ledger.surplus(b.trial.number)
 
 
 def test_surplus_reads_the_store_only_where_the_budget_could_be_overfilled(tmp_path, monkeypatch):
     spec = _spec(tmp_path, baselines=[], n_trials=10)
     c = Coordinator(spec, RES, live=False)
     c.open()
-    c._last_counted = 9  # near the end of the budget: the count alone would not settle it
+    c.ledger.last_counted = 9  # near the end of the budget: the count alone would not settle it
     reads = []
     real = c.study.get_trials
     monkeypatch.setattr(c.study, "get_trials", lambda *a, **k: reads.append(1) or real(*a, **k))
     # trial 9 has 9 trials before it, whatever their states: fewer than n_trials, so it cannot be surplus
-    assert not c._surplus(9) and reads == []
+    assert not c.ledger.surplus(9) and reads == []
     first = [c.study.ask() for _ in range(10)]
-    assert c._surplus(10) and reads == [1]  # trials 0-9 RUNNING fill the budget: 10 is surplus
+    assert c.ledger.surplus(10) and reads == [1]  # trials 0-9 RUNNING fill the budget: 10 is surplus
     c.study.tell(first[0], state=TrialState.FAIL)  # a failed trial frees its place
-    assert not c._surplus(10) and reads == [1, 1]
+    assert not c.ledger.surplus(10) and reads == [1, 1]
 
 
 @pytest.mark.parametrize("enqueued", [False, True])
@@ -153,17 +153,17 @@ def test_tally_takes_the_last_asks_read_with_the_asked_trial_counted(tmp_path, m
     # another coordinator's finished trial, and one of its running ones (an ask would take the baseline)
     c.study.add_trial(optuna.trial.create_trial(value=0.5))
     c.study._storage.create_new_trial(c.study._study_id)
-    nxt = c._new_trial()  # the enqueued baseline (WAITING in the ask's read) or a new trial
+    nxt = c.ledger.ask()  # the enqueued baseline (WAITING in the ask's read) or a new trial
     assert nxt is not None and (nxt.baseline == "vlm_alone") == enqueued
     reads = []
     real = c.study.get_trials
     monkeypatch.setattr(c.study, "get_trials", lambda *a, **k: reads.append(1) or real(*a, **k))
-    c._refresh_tally()
+    c.ledger.refresh()
     assert reads == []  # the ask's read served
-    shown = (c.tally.complete, c.tally.running, c.tally.waiting, c._last_counted, c.tally.best)
-    c._refresh_tally()  # that read serves once: the next tally reads the store
+    shown = (c.tally.complete, c.tally.running, c.tally.waiting, c.ledger.last_counted, c.tally.best)
+    c.ledger.refresh()  # that read serves once: the next tally reads the store
     assert reads == [1]
-    fresh = (c.tally.complete, c.tally.running, c.tally.waiting, c._last_counted, c.tally.best)
+    fresh = (c.tally.complete, c.tally.running, c.tally.waiting, c.ledger.last_counted, c.tally.best)
     assert shown == fresh == (1, 2, 0, 3, 0.5)
 
 
@@ -171,7 +171,7 @@ def test_invalid_baseline_fails_with_reason_and_study_goes_on(tmp_path):
     spec = _spec(tmp_path, baselines=[{"name": "bad", "method": "linear", "weight": 0.5, "density": 0.3}])
     c = Coordinator(spec, RES, live=False)
     c.open()
-    nxt = c._new_trial()
+    nxt = c.ledger.ask()
     assert nxt is not None and nxt.recipe["method"] == "task_arithmetic"
     failed = c.study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 1 and "density" in failed[0].user_attrs["fail_reason"]
@@ -186,11 +186,11 @@ def test_same_recipe_is_not_scored_twice(tmp_path):
     )
     c = Coordinator(spec, RES, live=False)
     c.open()
-    first = c._new_trial()
+    first = c.ledger.ask()
     first.trial.set_user_attr("scores", {"A": 0.5})
     c.study.tell(first.trial, 0.5)
-    c._cache[first.recipe_id] = c.study.trials[first.trial.number]
-    again = c._new_trial()  # the fixed space can only produce the same recipe: reused, not re-run
+    c.ledger.recipe_cache[first.recipe_id] = c.study.trials[first.trial.number]
+    again = c.ledger.ask()  # the fixed space can only produce the same recipe: reused, not re-run
     assert again is None or again.recipe_id != first.recipe_id
     reused = [t for t in c.study.get_trials() if t.user_attrs.get("cached_from") == first.trial.number]
     assert reused and all(t.value == 0.5 and t.state == TrialState.COMPLETE for t in reused)

@@ -55,6 +55,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from merge_core.errors import MergesearchError
 from objectives.engines.choice import choose_engine
+from search import optuna_private as op
 from search.baseline_points import enqueue_baselines, register_params
 from search.gate import RUNG_PREFIX, Gate, When, gates
 from search.item_reports import items_before, per_item, report_items
@@ -304,10 +305,10 @@ class Coordinator:
         """Tell FAIL with ``fail_reason``; False when another writer finished the trial first."""
         assert self.study is not None
         try:
-            trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(
-                self.study._study_id, number
+            trial_id = op.storage_of(self.study).get_trial_id_from_study_id_trial_number(
+                op.study_id(self.study), number
             )
-            self.study._storage.set_trial_user_attr(trial_id, "fail_reason", reason[:2000])
+            op.storage_of(self.study).set_trial_user_attr(trial_id, "fail_reason", reason[:2000])
             self.study.tell(number, state=TrialState.FAIL)
         except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             return False
@@ -405,19 +406,19 @@ class Coordinator:
             try:
                 recipe_id = attrs["recipe_id"] = Recipe.from_dict(recipe).id
             except MergesearchError as err:
-                write_trial_attrs(self.study, {trial._trial_id: (attrs, {})})
+                write_trial_attrs(self.study, {op.trial_id(trial): (attrs, {})})
                 self._fail(trial.number, f"invalid recipe: {err}")
                 self._note_fail(trial.number, f"invalid recipe: {err}")
                 continue
             label = baseline or _describe(recipe)
             cached = self._cache.get(recipe_id)
             if isinstance(cached, int):
-                cached = self._cache[recipe_id] = self.study._storage.get_trial(cached)
+                cached = self._cache[recipe_id] = op.storage_of(self.study).get_trial(cached)
             if cached is not None:  # same recipe already scored: the result is deterministic, reuse it
                 keys = ("scores", "merge_s", "eval_s", "worker", "n_items")
                 attrs.update({k: cached.user_attrs[k] for k in keys if k in cached.user_attrs})
                 attrs["cached_from"] = cached.number
-            write_trial_attrs(self.study, {trial._trial_id: (attrs, {})})  # one transaction, not one each
+            write_trial_attrs(self.study, {op.trial_id(trial): (attrs, {})})  # one transaction, not one each
             if cached is not None:
                 self.study.tell(trial, cached.values)
                 self._mine.discard(trial.number)
@@ -628,7 +629,7 @@ class Coordinator:
                 pruner=self.study.pruner,
                 direction=self.study.direction,
                 number=r.trial.number,
-                trial_id=r.trial._trial_id,
+                trial_id=op.trial_id(r.trial),
                 step=r.next_k + 1,
                 weights=dataset_weights(self.spec, self.datasets),
                 rungs=self._view.rung_records(RUNG_PREFIX),
@@ -665,14 +666,14 @@ class Coordinator:
             elif r.gates and r.next_k > r.gates[-1]:
                 # the worker decides after a step in flight; the step behind it runs if the trial goes on,
                 # the next trial's first step (behind that) if it stops; nothing more before the verdict
-                self._follow(slot, When(r.trial._trial_id, r.gates[-1], True), started)
+                self._follow(slot, When(op.trial_id(r.trial), r.gates[-1], True), started)
                 return started
             elif r.k < r.next_k and self._may_prune(r.next_k):
                 if not r.gates or r.gates[-1] != r.next_k:
                     return started  # the coordinator decides after the step in flight: the next one waits
                 # on the verdict; a step that is a rung itself carries its own gate, and what follows it
                 # waits on that one (a verdict exists only where the step before ran)
-                self._dispatch(slot, r, When(r.trial._trial_id, r.gates[-1], False))
+                self._dispatch(slot, r, When(op.trial_id(r.trial), r.gates[-1], False))
                 continue
             self._dispatch(slot, r)
         return started
@@ -776,7 +777,7 @@ class Coordinator:
         if r.k in r.gates:
             r.gates.remove(r.k)
         r.intermediate[r.k] = value
-        self._view.record(r.trial._trial_id, verdict["attrs"])
+        self._view.record(op.trial_id(r.trial), verdict["attrs"])
         r.system_attrs.update(verdict["attrs"])
         pruned = bool(verdict["pruned"]) and r.baseline is None
         r.done = r.gated_out = pruned
@@ -794,7 +795,7 @@ class Coordinator:
         pruner = self.study.pruner
         if local_decision(pruner):
             verdict = self._view.decide(
-                pruner, r.trial.number, r.trial._trial_id, r.intermediate, r.system_attrs
+                pruner, r.trial.number, op.trial_id(r.trial), r.intermediate, r.system_attrs
             )
             self._n_complete = max(self._n_complete, self._view.n_complete)
         else:
@@ -859,7 +860,7 @@ class Coordinator:
             "merge_s": round(r.merge_s, 4),
             "eval_s": round(r.eval_s, 4),
         }
-        self._view.flush({trial._trial_id: attrs})  # with the pruner's rung records, one transaction
+        self._view.flush({op.trial_id(trial): attrs})  # with the pruner's rung records, one transaction
         self._write_records(trial.number, r.records)
         if self._constraints is not None:  # Optuna reads them at the tell (search.constrained)
             self._constraints.at_tell(self.study, trial, r.baseline, scores, state == TrialState.COMPLETE)
@@ -869,7 +870,8 @@ class Coordinator:
         else:
             with self._optuna_time():
                 self.study.tell(trial, values if self.spec.multi_objective else values[0])
-            self._cache.setdefault(r.recipe_id, trial._trial_id)  # read back only if the recipe comes again
+            # read back only if the recipe comes again
+            self._cache.setdefault(r.recipe_id, op.trial_id(trial))
             if isinstance(self.study.pruner, optuna.pruners.PercentilePruner):
                 self._view.refresh(force=True)  # the next decision compares with this trial
         self._mine.discard(trial.number)
@@ -915,8 +917,8 @@ class Coordinator:
     def _fail_and_note(self, number: int, reason: str, retry_why: str | None) -> None:
         """Store thread: tell FAIL, enqueue the same parameters again when ``retry_why``, count the failure."""
         assert self.study is not None
-        frozen = self.study._storage.get_trial(
-            self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        frozen = op.storage_of(self.study).get_trial(
+            op.storage_of(self.study).get_trial_id_from_study_id_trial_number(op.study_id(self.study), number)
         )
         if self._fail(number, reason) and retry_why:
             self._requeue(frozen, retry_why)
@@ -1081,7 +1083,7 @@ class Coordinator:
             ]
             for r in pending:
                 r.done = True
-                frozen = self.study._storage.get_trial(r.trial._trial_id)
+                frozen = op.storage_of(self.study).get_trial(op.trial_id(r.trial))
                 if self._fail(r.trial.number, "interrupted: the coordinator stopped"):
                     self._requeue(frozen, "interrupted")
             for slot in self.slots:

@@ -23,12 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from optuna.study import StudyDirection
+
 from search.objective_values import running_scores, weighted_value
 from search.pruners import RUNG_PREFIX, SuccessiveHalvingRule, rule_of
 
 if TYPE_CHECKING:
     import optuna
-    from optuna.study import StudyDirection
 
 __all__ = ["RUNG_PREFIX", "Gate", "GateBook", "When", "gates"]
 
@@ -67,8 +68,6 @@ class Gate:
         """The rule on the trial with ``records`` (all its steps so far) against ``rungs`` plus ``own`` (the
         rung records of this worker's earlier decisions): ``{"pruned", "value", "attrs"}``, the verdict
         (False whenever not ``binding``), the running objective and the rung records this decision made."""
-        from optuna.study import StudyDirection
-
         value = weighted_value(running_scores(records, tuple(self.weights)), self.weights)
         rungs = {tid: dict(attrs) for tid, attrs in self.rungs.items()}
         for tid, attrs in own.items():

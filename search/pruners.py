@@ -72,8 +72,7 @@ if TYPE_CHECKING:
 RUNG_PREFIX = "completed_rung_"
 """Key prefix of successive halving's rung records: ``completed_rung_<k>`` = the trial's value on reaching
 rung ``k``, a trial system attribute. The names Optuna's SuccessiveHalvingPruner writes, chosen so that
-studies either decided keep their meaning for the other (a study run before mergesearch owned the rule
-resumes unchanged)."""
+records made by either (this rule, or ``should_prune`` with Optuna's pruner) mean the same to the other."""
 
 
 @dataclass(frozen=True)
@@ -285,7 +284,12 @@ def make_pruner(spec: StudySpec, *, n_steps: int | None = None) -> optuna.pruner
 
 def _remember(pruner: optuna.pruners.BasePruner, kind: str, kw: dict[str, Any]) -> optuna.pruners.BasePruner:
     """Keep our rule for ``pruner`` (Optuna validated the arguments by building it)."""
-    _RULES[pruner] = _rule_from(kind, type(pruner), kw)
+    try:
+        _RULES[pruner] = _rule_from(kind, type(pruner), kw)
+    except TypeError as err:  # not the study's fault: an Optuna outside search.optuna_private.OPTUNA_RANGE
+        raise RuntimeError(
+            f"{type(pruner).__name__} takes arguments search.pruners does not know: {err}"
+        ) from None
     return pruner
 
 

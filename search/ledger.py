@@ -43,6 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from merge_core.atomic import write_text_atomic
 from merge_core.errors import MergesearchError
+from search import optuna_private as op
 from search.baseline_points import enqueue_baselines, register_params
 from search.dispatch import RunningTrial
 from search.item_reports import items_before, per_item, report_items
@@ -360,14 +361,14 @@ class StudyLedger:
 
     def _frozen(self, number: int) -> FrozenTrial:
         study = self._study()
-        storage = study._storage
-        return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+        storage = op.storage_of(study)
+        return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(op.study_id(study), number))
 
     def _tell_fail(self, number: int, reason: str) -> bool:
         study = self._study()
         try:
-            trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-            study._storage.set_trial_user_attr(trial_id, "fail_reason", reason[:2000])
+            trial_id = op.storage_of(study).get_trial_id_from_study_id_trial_number(op.study_id(study), number)
+            op.storage_of(study).set_trial_user_attr(trial_id, "fail_reason", reason[:2000])
             study.tell(number, state=TrialState.FAIL)
         except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             return False
@@ -478,18 +479,18 @@ class StudyLedger:
             try:
                 recipe_id = attrs["recipe_id"] = Recipe.from_dict(recipe).id
             except MergesearchError as err:
-                write_trial_attrs(study, {trial._trial_id: (attrs, {})})
+                write_trial_attrs(study, {op.trial_id(trial): (attrs, {})})
                 self.fail(trial.number, f"invalid recipe: {err}")
                 continue
             label = baseline or describe_recipe(recipe)
             cached = self.recipe_cache.get(recipe_id)
             if isinstance(cached, int):
-                cached = self.recipe_cache[recipe_id] = study._storage.get_trial(cached)
+                cached = self.recipe_cache[recipe_id] = op.storage_of(study).get_trial(cached)
             if cached is not None:  # same recipe already scored: the result is deterministic, reuse it
                 keys = ("scores", "merge_s", "eval_s", "worker", "n_items")
                 attrs.update({k: cached.user_attrs[k] for k in keys if k in cached.user_attrs})
                 attrs["cached_from"] = cached.number
-            write_trial_attrs(study, {trial._trial_id: (attrs, {})})  # one transaction, not one each
+            write_trial_attrs(study, {op.trial_id(trial): (attrs, {})})  # one transaction, not one each
             if cached is not None:
                 study.tell(trial, cached.values)
                 self._mine.discard(trial.number)
@@ -502,7 +503,7 @@ class StudyLedger:
                 continue
             return RunningTrial(
                 number=trial.number,
-                trial_id=trial._trial_id,
+                trial_id=op.trial_id(trial),
                 trial=trial,
                 recipe=recipe,
                 recipe_id=recipe_id,

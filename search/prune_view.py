@@ -1,20 +1,19 @@
 """Pruning decisions from the coordinator's copy of the study, so a worker never waits on the store.
 
-``trial.should_prune()`` is ``study.pruner.prune(study, <the trial as stored>)``: it reads the running
-trial back and every trial of the study, and successive halving also writes the trial's rung value —
-three or four queries, 10-20 ms on SQLite, while the worker waits for the verdict. :class:`StudyView`
-hands the same pruner the same data from memory: the trials as last read from the store (re-read every
-``max_age_s``, and after each trial this coordinator completes when the pruner compares with completed
-trials), the running trial's intermediate values and the rung records this coordinator made. The
-pruner's own writes (successive halving's ``completed_rung_<k>``) are kept in memory and written by
-:meth:`StudyView.flush` once the worker has its next call. The coordinator refreshes and flushes on its
-store thread (``auto_refresh=False``) while its loop decides: the trial list is replaced whole, never
-changed in place, so a decision reads one consistent copy.
+``trial.should_prune()`` reads the running trial back and every trial of the study, and Optuna's
+successive halving also writes the trial's rung value: three or four queries, 10-20 ms on SQLite, while
+the worker waits for the verdict. :class:`StudyView` applies mergesearch's own rules
+(``search.pruners.SuccessiveHalvingRule`` and ``PercentileRule``, which reproduce Optuna's pruners of the
+same arguments) to data in memory: the trials as last read from the store (re-read every ``max_age_s``, and
+after each trial this coordinator completes when the rule compares with completed trials), the running
+trial's intermediate values and the rung records this coordinator made. Those records
+(``completed_rung_<k>``) are kept in memory and written by :meth:`StudyView.flush` once the worker has its
+next call. The coordinator refreshes and flushes on its store thread (``auto_refresh=False``) while its loop
+decides: the trial list is replaced whole, never changed in place, so a decision reads one consistent copy.
 
-Only pruners whose ``prune`` reads nothing but ``get_trials``, ``direction`` and the trial, and writes
-nothing but trial system attributes, decide here (:func:`local_decision`): Optuna's percentile, median and
-successive-halving pruners. Others (Hyperband wraps the study per bracket) keep ``should_prune``.
-tests/test_search_dispatch.py runs both paths side by side on twin studies and compares every verdict.
+Pruners without such a rule (Hyperband, Wilcoxon) keep ``should_prune`` (:func:`local_decision`).
+tests/test_search_dispatch.py runs both paths side by side on twin studies and compares every verdict and
+every stored rung record.
 """
 
 from __future__ import annotations
@@ -22,33 +21,22 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Container
+from collections.abc import Container, Iterator
 from typing import TYPE_CHECKING, Any
 
-from optuna.pruners import PercentilePruner, SuccessiveHalvingPruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from search.optuna_private import trial_id as id_of
+from search.pruners import RUNG_PREFIX, PercentileRule, SuccessiveHalvingRule, auto_min_resource, rule_of
 from search.storage import write_trial_attrs
 
 if TYPE_CHECKING:
     import optuna
 
 
-class _Writes:
-    """The ``study._storage`` a pruner sees: system attributes are recorded, written later by ``flush``."""
-
-    def __init__(self, view: StudyView) -> None:
-        self._view = view
-
-    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        with self._view._lock:
-            self._view._pending.append((trial_id, key, value))
-            self._view._local.setdefault(trial_id, {})[key] = value
-
-
 class StudyView:
-    """The study as a pruner reads it (``get_trials``, ``direction``, ``_storage``), from memory."""
+    """The study as the pruning rules read it (trials, direction, rung records), from memory."""
 
     def __init__(
         self,
@@ -64,37 +52,39 @@ class StudyView:
         )
         self._lock = threading.Lock()
         self.direction: StudyDirection = study.directions[0] if study is not None else direction
-        self._storage = _Writes(self)
         self._trials: list[FrozenTrial] = []
         self._pending: list[tuple[int, str, Any]] = []
-        self._local: dict[int, dict[str, Any]] = {}  # system attributes written here, by trial id
+        self._local: dict[int, dict[str, Any]] = {}  # rung records made here, by trial id
+        self._min_resource: int | None = None  # successive halving's "auto", once estimated
         self._at = -1e9
 
     @classmethod
     def of_records(cls, direction: StudyDirection, records: dict[int, dict[str, Any]]) -> StudyView:
-        """A view of a study known only by its trials' system attributes (``search.gate``: a worker's copy
-        of the rung records); it has no store behind it, so it is never refreshed or flushed."""
+        """A view of a study known only by its trials' rung records; it has no store behind it, so it is
+        never refreshed or flushed."""
         view = cls(None, max_age_s=float("inf"), auto_refresh=False, direction=direction)
         view._trials = [_running(-1, tid, attrs) for tid, attrs in records.items()]
         return view
 
     def recorded(self, trial_id: int) -> dict[str, Any]:
-        """The system attributes the pruner recorded here for ``trial_id`` (not yet read back from the store)."""
+        """The rung records made here for ``trial_id`` (not yet read back from the store)."""
         with self._lock:
             return dict(self._local.get(trial_id, {}))
 
     def record(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        """System attributes a pruner recorded elsewhere (a worker's gate): kept and flushed as if made here."""
-        for key, value in attrs.items():
-            self._storage.set_trial_system_attr(trial_id, key, value)
+        """Rung records made elsewhere (a worker's gate): kept and flushed as if made here."""
+        with self._lock:
+            for key, value in attrs.items():
+                self._pending.append((trial_id, key, value))
+                self._local.setdefault(trial_id, {})[key] = value
 
-    def rung_records(self, prefix: str) -> dict[int, dict[str, Any]]:
+    def rung_records(self, prefix: str = RUNG_PREFIX) -> dict[int, dict[str, Any]]:
         """Trial id → its system attributes whose key starts with ``prefix``, for trials that have any."""
         out = {}
         for t in self.get_trials(deepcopy=False):
             attrs = {k: v for k, v in t.system_attrs.items() if k.startswith(prefix)}
             if attrs:
-                out[t._trial_id] = attrs
+                out[id_of(t)] = attrs
         return out
 
     def refresh(self, force: bool = False, trials: list[FrozenTrial] | None = None) -> None:
@@ -107,13 +97,13 @@ class StudyView:
                 assert self._study is not None, "a view of records has no store to read"
                 trials = self._study.get_trials(deepcopy=False)
             # the list is replaced, never changed, so a decision in another thread reads one whole copy; the
-            # pruner's records stay in _local (a few keys per trial): those made after the flush are not read
+            # rung records stay in _local (a few keys per trial): those made after the flush are not read
             self._trials = trials
             self._at = time.monotonic()
 
     def flush(self, user_attrs: dict[int, dict[str, Any]] | None = None) -> None:
-        """Write the pruner's recorded system attributes to the store (a view of records has none), in one
-        transaction with ``user_attrs`` (trial id → user attributes) when given."""
+        """Write the rung records made here to the store (a view of records has none), in one transaction
+        with ``user_attrs`` (trial id → user attributes) when given."""
         if self._study is None:
             return
         with self._lock:
@@ -121,8 +111,8 @@ class StudyView:
         writes: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {
             tid: (dict(attrs), {}) for tid, attrs in (user_attrs or {}).items()
         }
-        for trial_id, key, value in pending:
-            writes.setdefault(trial_id, ({}, {}))[1][key] = value
+        for tid, key, value in pending:
+            writes.setdefault(tid, ({}, {}))[1][key] = value
         if writes:
             write_trial_attrs(self._study, writes)
 
@@ -133,24 +123,25 @@ class StudyView:
     def get_trials(
         self, deepcopy: bool = False, states: Container[TrialState] | None = None
     ) -> list[FrozenTrial]:
-        """The trials as last read, with the system attributes recorded since (never the store's own
-        objects: those belong to Optuna's cache)."""
+        """The trials as last read, with the rung records made since (never the store's own objects:
+        those belong to Optuna's cache)."""
         out = []
         seen = set()
         for t in self._trials:
-            seen.add(t._trial_id)
+            tid = id_of(t)
+            seen.add(tid)
             if states is not None and t.state not in states:
                 continue
-            extra = self._local.get(t._trial_id)
+            extra = self._local.get(tid)
             if extra:
                 t = copy.copy(t)
                 t.system_attrs = {**t.system_attrs, **extra}
             out.append(t)
         if states is None or TrialState.RUNNING in states:
             # this coordinator's trials asked since the last read still compete at the rungs they reached
-            for trial_id, attrs in self._local.items():
-                if trial_id not in seen:
-                    out.append(_running(-1, trial_id, attrs))  # known by its rung records only
+            for tid, attrs in list(self._local.items()):
+                if tid not in seen:
+                    out.append(_running(-1, tid, attrs))  # known by its rung records only
         return out
 
     def decide(
@@ -161,17 +152,38 @@ class StudyView:
         intermediate_values: dict[int, float],
         system_attrs: dict[str, Any],
     ) -> bool:
-        """``pruner.prune`` on running trial ``number`` with its reports so far; ``system_attrs`` (the
-        trial's, as this coordinator holds them) receives what the pruner records. Requires
+        """The rule of ``pruner`` on running trial ``number`` with its reports so far; ``system_attrs`` (the
+        trial's, as this coordinator holds them) receives the rung records the decision makes. Requires
         :func:`local_decision`."""
         if self.auto_refresh:
             self.refresh()
-        trial = _running(
-            number, trial_id, {**system_attrs, **self._local.get(trial_id, {})}, intermediate_values
-        )
-        verdict = pruner.prune(self, trial)  # type: ignore[arg-type]
-        system_attrs.update(self._local.get(trial_id, {}))
-        return verdict
+        rule = rule_of(pruner)
+        if not intermediate_values:
+            return False
+        maximize = self.direction == StudyDirection.MAXIMIZE
+        if isinstance(rule, PercentileRule):
+            done = self.get_trials(states=(TrialState.COMPLETE,))
+            return rule.prune(intermediate_values, [t.intermediate_values for t in done], maximize)
+        assert isinstance(rule, SuccessiveHalvingRule), f"no rule of mergesearch decides {pruner!r}"
+        min_resource = rule.min_resource
+        if min_resource is None:  # "auto": estimated once, from the first COMPLETE trials seen
+            if self._min_resource is None:
+                done = self.get_trials(states=(TrialState.COMPLETE,))
+                self._min_resource = auto_min_resource(t.last_step for t in done)
+            min_resource = self._min_resource
+        step = max(intermediate_values)
+
+        def others() -> Iterator[dict[str, Any]]:  # read only at a rung step
+            for t in self.get_trials():
+                if id_of(t) != trial_id:
+                    yield t.system_attrs
+
+        own = {**system_attrs, **self.recorded(trial_id)}
+        pruned, made = rule.prune(step, intermediate_values[step], own, others(), maximize, min_resource)
+        if made:
+            self.record(trial_id, made)
+        system_attrs.update(made)
+        return pruned
 
 
 def _running(
@@ -180,7 +192,7 @@ def _running(
     system_attrs: dict[str, Any],
     intermediate_values: dict[int, float] | None = None,
 ) -> FrozenTrial:
-    """A RUNNING trial as a pruner reads it: its reports and its system attributes (rung values)."""
+    """A RUNNING trial as the rules read it: its reports and its system attributes (rung values)."""
     return FrozenTrial(
         number=number,
         state=TrialState.RUNNING,
@@ -198,4 +210,4 @@ def _running(
 
 def local_decision(pruner: optuna.pruners.BasePruner) -> bool:
     """Whether :meth:`StudyView.decide` can stand in for ``should_prune`` with ``pruner``."""
-    return isinstance(pruner, (PercentilePruner, SuccessiveHalvingPruner))
+    return rule_of(pruner) is not None

@@ -8,12 +8,11 @@ Optuna does not store the sampler or pruner, so :func:`open_study` rebuilds them
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import warnings
-from collections.abc import Callable, Container, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -174,8 +173,7 @@ def open_study(
     return study
 
 
-@contextmanager
-def trials_read_once(study: optuna.Study) -> Iterator[list[list[optuna.trial.FrozenTrial]]]:
+def trials_read_once(study: optuna.Study) -> AbstractContextManager[list[list[optuna.trial.FrozenTrial]]]:
     """Inside the block, the study's trials are read from the store once: later reads get that snapshot,
     which the block's target list holds once read (for the caller to reuse after the block).
 
@@ -183,34 +181,12 @@ def trials_read_once(study: optuna.Study) -> Iterator[list[list[optuna.trial.Fro
     with ``constant_liar`` (and ``group``) reads every trial again for each parameter group, bypassing
     Optuna's per-trial cache because another thread might be adding parameters meanwhile: on SQLite 6-8
     reads of ~5 ms each per trial, most of the cost of an ask. The coordinator asks from one thread only,
-    so the snapshot is what those reads would return, up to other coordinators' writes of the same few
-    milliseconds (which Optuna never orders against an ask anyway). The trial being asked is not in the
-    snapshot (or is there as WAITING, when enqueued), and samplers leave it out in any case.
+    so the snapshot is what those reads would return (``search.optuna_private.trials_read_once``, which
+    says why no public API does it).
     """
-    from optuna.trial import FrozenTrial, TrialState
+    from search.optuna_private import trials_read_once as read_once
 
-    storage = study._storage
-    read = storage.get_all_trials
-    snapshot: list[FrozenTrial] | None = None
-    taken: list[list[FrozenTrial]] = []
-
-    def get_all_trials(
-        study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
-    ) -> list[FrozenTrial]:
-        nonlocal snapshot
-        if study_id != study._study_id:
-            return read(study_id, deepcopy=deepcopy, states=states)
-        if snapshot is None:
-            snapshot = read(study_id, deepcopy=False)
-            taken.append(snapshot)
-        trials = snapshot if states is None else [t for t in snapshot if t.state in states]
-        return copy.deepcopy(trials) if deepcopy else list(trials)
-
-    storage.get_all_trials = get_all_trials  # type: ignore[method-assign]
-    try:
-        yield taken
-    finally:
-        del storage.get_all_trials  # the class's method again
+    return read_once(study)
 
 
 def write_trial_attrs(
@@ -227,22 +203,13 @@ def write_trial_attrs(
     ``UpdateFinishedTrialError``) and the writes after it are not made; those before it may be kept,
     since Optuna's check reads the finished trial through the same session and commits it.
     """
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a read cache
-    batch = getattr(backend, "_set_trial_attr_without_commit", None)
-    if batch is None or not hasattr(backend, "scoped_session"):
-        for trial_id, (user, system) in attrs.items():
-            for key, value in user.items():
-                storage.set_trial_user_attr(trial_id, key, value)
-            for key, value in system.items():
-                storage.set_trial_system_attr(trial_id, key, value)
-        return
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
+    from search.optuna_private import storage_of, write_attrs_one_transaction
 
-    with _create_scoped_session(backend.scoped_session) as session:
-        for trial_id, (user, system) in attrs.items():
-            for key, value in user.items():
-                batch(session, models.TrialUserAttributeModel, trial_id, key, value)
-            for key, value in system.items():
-                batch(session, models.TrialSystemAttributeModel, trial_id, key, value)
+    if write_attrs_one_transaction(study, attrs):
+        return
+    storage = storage_of(study)
+    for trial_id, (user, system) in attrs.items():
+        for key, value in user.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        for key, value in system.items():
+            storage.set_trial_system_attr(trial_id, key, value)

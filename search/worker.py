@@ -126,10 +126,6 @@ class TrialWorker:
         self.applied: str | None = None
         self.book = GateBook()
         self.label = f"{socket.gethostname()}:{os.getpid()}/{cfg.device}"
-        # successive halving's gate (search.gate) runs Optuna's pruner here: imported now, not at the first
-        # gate, so its modules are frozen with the rest below
-        import search.prune_view  # noqa: F401
-
         # the resident models, processor and imports live as long as the worker: out of the collector's
         # reach, a full collection does not pause a step for the time it takes to scan them
         gc.collect()

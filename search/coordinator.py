@@ -61,6 +61,7 @@ from search.item_reports import items_before, per_item, report_items
 from search.objective_values import dataset_weights, objective_values, running_scores, short_name
 from search.progress import ProgressView, Tally
 from search.prune_view import StudyView, local_decision
+from search.recipe_cache import SCORING_KEY_ATTR, cache_key, stale_note, trial_cache_key
 from search.resolve import Resolved
 from search.space import SearchSpace
 from search.spec import StudySpec, merge_components
@@ -209,7 +210,8 @@ class Coordinator:
         self._owns_ray = False
         self._stop: str | None = None
         self._fails_in_row = 0
-        self._cache: dict[str, FrozenTrial | int] = {}  # recipe id → its COMPLETE trial (or trial id)
+        self._cache: dict[str, FrozenTrial | int] = {}  # recipe_cache.cache_key → its COMPLETE trial (or id)
+        self.scoring_key: str | None = None  # how the workers score (search.recipe_cache)
         self._n_complete = 0
         self._last_counted = 0  # COMPLETE + PRUNED + RUNNING at the last count, plus trials asked since
         self._counted_at = -1e9
@@ -250,8 +252,8 @@ class Coordinator:
             self.tally.n_trials = self.spec.n_trials
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             self._n_complete += 1
-            if "recipe_id" in t.user_attrs:
-                self._cache.setdefault(t.user_attrs["recipe_id"], t)
+            if "recipe_id" in t.user_attrs:  # keyed on how it was scored too (search.recipe_cache)
+                self._cache.setdefault(trial_cache_key(t.user_attrs), t)
         return self.study
 
     def _beat(self) -> None:
@@ -402,6 +404,7 @@ class Coordinator:
             attrs: dict[str, Any] = {"coordinator": self.id, "recipe": recipe}
             if self.generation is not None:
                 attrs["generation"] = self.generation
+            attrs[SCORING_KEY_ATTR] = self.scoring_key
             try:
                 recipe_id = attrs["recipe_id"] = Recipe.from_dict(recipe).id
             except MergesearchError as err:
@@ -410,9 +413,10 @@ class Coordinator:
                 self._note_fail(trial.number, f"invalid recipe: {err}")
                 continue
             label = baseline or _describe(recipe)
-            cached = self._cache.get(recipe_id)
+            ckey = cache_key(recipe_id, self.scoring_key)
+            cached = self._cache.get(ckey)
             if isinstance(cached, int):
-                cached = self._cache[recipe_id] = self.study._storage.get_trial(cached)
+                cached = self._cache[ckey] = self.study._storage.get_trial(cached)
             if cached is not None:  # same recipe already scored: the result is deterministic, reuse it
                 keys = ("scores", "merge_s", "eval_s", "worker", "n_items")
                 attrs.update({k: cached.user_attrs[k] for k in keys if k in cached.user_attrs})
@@ -591,6 +595,9 @@ class Coordinator:
         self.slots = [Slot(i, a, info) for i, (a, info) in enumerate(zip(actors, infos, strict=True))]
         self.steps = infos[0]["steps"]
         self.generation = infos[0].get("generation")  # every trial records what it was decoded with
+        self.scoring_key = infos[0].get("scoring_key")
+        if note := stale_note(self._cache, self.scoring_key):  # a resume with edited settings or items
+            self.view.event(note)
         self.datasets = tuple(infos[0]["datasets"])
         items = sum(n for step in self.steps for _, n in step)
         self.view.event(
@@ -869,7 +876,7 @@ class Coordinator:
         else:
             with self._optuna_time():
                 self.study.tell(trial, values if self.spec.multi_objective else values[0])
-            self._cache.setdefault(r.recipe_id, trial._trial_id)  # read back only if the recipe comes again
+            self._cache.setdefault(cache_key(r.recipe_id, self.scoring_key), trial._trial_id)  # read if it recurs
             if isinstance(self.study.pruner, optuna.pruners.PercentilePruner):
                 self._view.refresh(force=True)  # the next decision compares with this trial
         self._mine.discard(trial.number)

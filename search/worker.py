@@ -120,6 +120,11 @@ class TrialWorker:
         self.engine = self.scorer.engine
         self.engine.start()  # the vLLM engine checks its context length against the prepared prompts here
         self.steps = self.scorer.steps()
+        from search.recipe_cache import items_fingerprint, scoring_key
+
+        self.scoring_key = scoring_key(
+            self.generation.to_dict(), items_fingerprint(datasets), dtype=cfg.dtype, engine=self.engine_name
+        )
         self.applied: str | None = None
         self.book = GateBook()
         self.label = f"{socket.gethostname()}:{os.getpid()}/{cfg.device}"
@@ -149,6 +154,7 @@ class TrialWorker:
             "steps": [[[c.dataset, len(c.indices)] for c in step] for step in self.steps],
             "datasets": {d.name: len(d.items) for d in self.datasets},
             "generation": self.generation.to_dict(),
+            "scoring_key": self.scoring_key,  # the recipe cache keys on it (search.recipe_cache)
         }
 
     def run_step(

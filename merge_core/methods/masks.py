@@ -79,6 +79,9 @@ def block_for(device: torch.device) -> int:
 def splitmix64_mask(key: int, density: float, numel: int, device: torch.device) -> torch.Tensor:
     """Flat bool keep-mask of ``numel`` entries for ``key`` (see the module docstring), built on ``device``."""
     mask = torch.empty(numel, dtype=torch.bool, device=device)
+    # the comparison writes its 0/1 bytes through a uint8 view of the bool mask: the same bytes (a bool is
+    # one byte, 0 or 1), but torch's CPU kernel for a bool output is ~3x slower than for uint8 (measured)
+    out8 = mask.view(torch.uint8)
     block = block_for(device)
     hashes = -(-numel // LANES)
     block = max(1, min(block, hashes))
@@ -93,7 +96,7 @@ def splitmix64_mask(key: int, density: float, numel: int, device: torch.device) 
         _mix_(zb, tb)
         s = j0 * LANES
         e = min(numel, s + m * LANES)
-        torch.lt(zb.view(torch.int16)[: e - s], bound, out=mask[s:e])
+        torch.lt(zb.view(torch.int16)[: e - s], bound, out=out8[s:e])
     return mask
 
 

@@ -15,6 +15,7 @@ from merge_core import Recipe
 from search.baseline_points import OUTSIDE_ATTR
 from search.coordinator import Coordinator
 from search.known_points import status_lines
+from search.recipe_cache import cache_key
 from search.resolve import Resolved
 from search.spec import StudySpecError, spec_from_dict
 from search.trials import ranked_trials
@@ -122,7 +123,7 @@ def test_a_sampled_trial_equal_to_a_baseline_reuses_its_result(tmp_path):
     base = c._new_trial()
     assert base is not None
     study.tell(base.trial, 0.3)
-    c._cache[base.recipe_id] = base.trial._trial_id  # as _write_finish records a COMPLETE trial
+    c._cache[cache_key(base.recipe_id, c.scoring_key)] = base.trial._trial_id  # as _write_finish records it
     study.enqueue_trial(dict(study.trials[base.trial.number].params))  # the same point, not a baseline
     again = c._new_trial()  # told from the cache; the next one runs
     cached = [t for t in study.get_trials() if "cached_from" in t.user_attrs]

@@ -61,7 +61,9 @@ class GenerationConfig:
     ``min_pixels``/``max_pixels`` narrow the image processor's own bounds (never widen them).
     ``repetition_penalty``: None leaves the model's generation config in charge, 1.0 is none.
     ``stop_strings``: a row stops once its text contains one, and its response is cut before it.
-    ``eos_token_ids``: ids that end a row, added to the model's own eos ids."""
+    ``eos_token_ids``: ids that end a row, added to the model's own eos ids.
+    ``dataset_prompts``: VLMEvalKit's dataset-specific prompt rule of a family (``objectives.dataset_prompts``
+    style: "none" | "qwen2_vl" | "idefics2"), applied to the question before the instruction."""
 
     max_new_tokens: int = 512
     batch_size: int = 8
@@ -72,6 +74,7 @@ class GenerationConfig:
     repetition_penalty: float | None = None
     stop_strings: tuple[str, ...] = ()
     eos_token_ids: tuple[int, ...] = ()
+    dataset_prompts: str = "none"
 
     def instruction_for(self, item: Item, dataset_name: str | None = None) -> str:
         """The instruction for an item: by dataset name, then by kind, then ``"*"``; '' when none."""
@@ -122,10 +125,13 @@ class DecodeStats:
 
 
 def build_messages(
-    item: Item, instruction: str = "", system_prompt: str | None = None
+    item: Item, instruction: str = "", system_prompt: str | None = None, *, question: str | None = None
 ) -> list[dict[str, Any]]:
-    """Chat messages for one item: (system,) user = [image, question (+ newline + instruction)]."""
-    text = item.question if not instruction else f"{item.question}\n{instruction}"
+    """Chat messages for one item: (system,) user = [image, question (+ newline + instruction)].
+
+    ``question``: the text sent instead of ``item.question`` (a dataset prompt, ``objectives.dataset_prompts``)."""
+    question = item.question if question is None else question
+    text = question if not instruction else f"{question}\n{instruction}"
     content: list[dict[str, Any]] = []
     if item.image_b64:
         content.append({"type": "image"})
@@ -258,11 +264,16 @@ class Generator:
         self.stats = DecodeStats()
 
     def prompt(self, item: Item, dataset_name: str | None = None) -> str:
-        """The chat-templated prompt text of an item (generation prompt appended)."""
+        """The chat-templated prompt text of an item (generation prompt appended, then the dataset prompt's
+        assistant prefix, e.g. Idefics2's " Answer:" for a MathVista item with options)."""
+        from .dataset_prompts import dataset_prompt
+
+        built = dataset_prompt(self.config.dataset_prompts, item)
         messages = build_messages(
-            item, self.config.instruction_for(item, dataset_name), self.config.system_prompt
+            item, self.config.instruction_for(item, dataset_name), self.config.system_prompt, question=built.text
         )
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return text + built.assistant_prefix
 
     def encode(self, item: Item, dataset_name: str | None = None) -> dict[str, torch.Tensor]:
         """The processor's tensors for one item (cached)."""

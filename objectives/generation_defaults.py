@@ -11,9 +11,10 @@ VLMEvalKit's source (open-compass/VLMEvalKit, the ``main`` branch as stored in t
 | llava | ``vlmeval/vlm/llava/llava.py``: ``LLaVA.__init__`` | ``do_sample=False, max_new_tokens=512, num_beams=1``, stop at ``</s>`` (the eos) |
 | idefics2 | ``vlmeval/vlm/idefics.py``: ``IDEFICS2.__init__`` and ``generate_inner`` | ``max_new_tokens=1024``, the checkpoint's generation config otherwise (no repetition penalty) |
 
-What is not reproduced: VLMEvalKit's dataset-specific prompts (Qwen2-VL's ``use_custom_prompt`` mixin,
-Idefics2's ``build_prompt_mathvista`` option rewriting); :attr:`GenerationConfig.instructions` is the hook
-for those. ``preset = "none"`` keeps the processor's bounds and the model's generation config, with 64 new
+VLMEvalKit's dataset-specific prompts (Qwen2-VL's ``use_custom_prompt`` mixin, Idefics2's
+``build_prompt_mathvista`` option rewriting) are reproduced by :mod:`objectives.dataset_prompts`: the preset
+``"vlmeval"`` sets ``dataset_prompts`` to the family's style, ``dataset_prompts = "none"`` sends the TSV's
+question unchanged. ``preset = "none"`` keeps the processor's bounds and the model's generation config, with 64 new
 tokens unless set (the toy world decodes that way).
 
 Resolution (:func:`resolve_generation`): the preset's values, then every field the study sets.
@@ -29,6 +30,7 @@ from typing import Any
 
 from merge_core.errors import MergesearchError
 
+from .dataset_prompts import STYLES, family_style
 from .generation import GenerationConfig
 
 PRESETS: tuple[str, ...] = ("vlmeval", "none")
@@ -116,6 +118,7 @@ def resolve_generation(
             f"generation preset {preset!r} is unknown; allowed: {', '.join(PRESETS)}"
         )
     base: dict[str, Any] = {"batch_size": batch_size, "max_new_tokens": fallback_max_new_tokens}
+    prompts = settings.pop("dataset_prompts", "vlmeval" if preset == "vlmeval" else "none")
     if preset == "vlmeval":
         family = FAMILY_GENERATION.get(model_type)
         if family is None:
@@ -138,4 +141,33 @@ def resolve_generation(
     base["stop_strings"] = tuple(base.get("stop_strings", ()) or ())
     base["eos_token_ids"] = tuple(dict.fromkeys((*base.get("eos_token_ids", ()), *extra_eos)))
     base["instructions"] = dict(base.get("instructions") or {})
+    base["dataset_prompts"] = family_style(model_type) if prompts == "vlmeval" else prompts
+    if base["dataset_prompts"] not in STYLES:
+        raise GenerationSettingsError(
+            f"dataset_prompts {prompts!r} is unknown; allowed: vlmeval, {', '.join(STYLES)}"
+        )
     return GenerationConfig(**base)
+
+
+def study_generation(
+    model_type: str,
+    settings: Mapping[str, Any] | None,
+    *,
+    processor: Any,
+    batch_size: int,
+    max_new_tokens: int,
+) -> GenerationConfig:
+    """The one resolution of a study's ``[objectives.generation]`` for a loaded checkpoint: the proxy's
+    worker and promotion's built-in backend both call it, so a promoted score is decoded exactly as the
+    proxy was (same stop strings, eos ids, penalty, pixel bounds, system prompt, instructions).
+
+    ``settings`` empty or None: the preset ``"none"`` with ``max_new_tokens`` (an older caller's fields);
+    ``processor``: the checkpoint's, whose tokenizer turns the family's eos token strings into ids.
+    """
+    return resolve_generation(
+        model_type,
+        dict(settings or {}) or {"preset": "none"},
+        tokenizer=getattr(processor, "tokenizer", None),
+        batch_size=batch_size,
+        fallback_max_new_tokens=max_new_tokens,
+    )

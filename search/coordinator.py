@@ -172,12 +172,14 @@ class Coordinator:
         steps: list[Any],
         datasets: tuple[str, ...],
         generation: dict[str, Any] | None = None,
+        scoring_key: str | None = None,
     ) -> None:
         """Dispatch to ``slots`` (workers started by the pool, or stand-ins) with their step plan (per step,
-        ``[dataset, items]`` of each chunk) and dataset order."""
+        ``[dataset, items]`` of each chunk), dataset order, generation settings and scoring key
+        (search.recipe_cache)."""
         assert self.study is not None, "open() before use_workers()"
         self.slots, self.steps, self.datasets = slots, steps, tuple(datasets)
-        self.ledger.use_plan(steps, self.datasets, generation, len(slots))
+        self.ledger.use_plan(steps, self.datasets, generation, len(slots), scoring_key)
         self._pruner = self.study.pruner
         self._weights = dataset_weights(self.spec, self.datasets)
         self.policy.n_steps = len(steps)
@@ -187,7 +189,9 @@ class Coordinator:
         """Ray and the workers (models loaded); on failure, what was started is stopped again."""
         try:
             slots = self.pool.start()
-            self.use_workers(slots, self.pool.steps, self.pool.datasets, self.pool.generation)
+            self.use_workers(
+                slots, self.pool.steps, self.pool.datasets, self.pool.generation, self.pool.scoring_key
+            )
         except BaseException:
             self.close()
             raise

@@ -50,6 +50,7 @@ from search.item_reports import items_before, per_item, report_items
 from search.objective_values import dataset_weights, short_name
 from search.progress import ProgressView, Tally
 from search.prune_view import StudyView
+from search.recipe_cache import SCORING_KEY_ATTR, cache_key, stale_note, trial_cache_key
 from search.space import SearchSpace
 from search.spec import StudySpec
 from search.storage import open_study, trials_read_once, write_trial_attrs
@@ -225,7 +226,8 @@ class StudyLedger:
         self.datasets: tuple[str, ...] = ()
         self.generation: dict[str, Any] | None = None
         self.n_workers = 0
-        self.recipe_cache: dict[str, FrozenTrial | int] = {}  # recipe id → its COMPLETE trial (or trial id)
+        self.recipe_cache: dict[str, FrozenTrial | int] = {}  # recipe_cache.cache_key → COMPLETE trial (or id)
+        self.scoring_key: str | None = None  # how the workers score (search.recipe_cache)
         self.n_complete = 0  # COMPLETE trials of the study, as far as this ledger knows
         self.last_counted = 0  # COMPLETE + PRUNED + RUNNING at the last count, plus trials asked since
         self.counted_at = -1e9
@@ -272,8 +274,8 @@ class StudyLedger:
             self.tally.n_trials = self.spec.n_trials
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             self.n_complete += 1
-            if "recipe_id" in t.user_attrs:
-                self.recipe_cache.setdefault(t.user_attrs["recipe_id"], t)
+            if "recipe_id" in t.user_attrs:  # keyed on how it was scored too (search.recipe_cache)
+                self.recipe_cache.setdefault(trial_cache_key(t.user_attrs), t)
         self.handoff.set_n_complete(self.n_complete)
         return study
 
@@ -283,10 +285,15 @@ class StudyLedger:
         datasets: tuple[str, ...],
         generation: dict[str, Any] | None,
         n_workers: int,
+        scoring_key: str | None = None,
     ) -> None:
-        """The workers' step plan, dataset order and generation settings (what reports and trials record);
-        successive halving and Hyperband are sized to the number of steps."""
+        """The workers' step plan, dataset order, generation settings and scoring key (what reports and
+        trials record, and what the recipe cache matches); successive halving and Hyperband are sized to the
+        number of steps."""
         self.steps, self.datasets, self.generation, self.n_workers = steps, datasets, generation, n_workers
+        self.scoring_key = scoring_key
+        if note := stale_note(self.recipe_cache, scoring_key):  # a resume with edited settings or items
+            self.panel.event(note)
         if self.spec.pruner.name in ("hyperband", "successive_halving") and self.study is not None:
             from search.pruners import make_pruner
 
@@ -476,6 +483,7 @@ class StudyLedger:
             attrs: dict[str, Any] = {"coordinator": self.coordinator_id, "recipe": recipe}
             if self.generation is not None:
                 attrs["generation"] = self.generation
+            attrs[SCORING_KEY_ATTR] = self.scoring_key
             try:
                 recipe_id = attrs["recipe_id"] = Recipe.from_dict(recipe).id
             except MergesearchError as err:
@@ -483,9 +491,10 @@ class StudyLedger:
                 self.fail(trial.number, f"invalid recipe: {err}")
                 continue
             label = baseline or describe_recipe(recipe)
-            cached = self.recipe_cache.get(recipe_id)
+            ckey = cache_key(recipe_id, self.scoring_key)
+            cached = self.recipe_cache.get(ckey)
             if isinstance(cached, int):
-                cached = self.recipe_cache[recipe_id] = op.storage_of(study).get_trial(cached)
+                cached = self.recipe_cache[ckey] = op.storage_of(study).get_trial(cached)
             if cached is not None:  # same recipe already scored: the result is deterministic, reuse it
                 keys = ("scores", "merge_s", "eval_s", "worker", "n_items")
                 attrs.update({k: cached.user_attrs[k] for k in keys if k in cached.user_attrs})
@@ -575,7 +584,8 @@ class StudyLedger:
                 study.tell(trial, values if self.spec.multi_objective else values[0])
             self.n_complete += 1
             self.handoff.set_n_complete(self.n_complete)
-            self.recipe_cache.setdefault(r.recipe_id, r.trial_id)  # read back only if the recipe comes again
+            # read back only if the recipe comes again, scored the same way
+            self.recipe_cache.setdefault(cache_key(r.recipe_id, self.scoring_key), r.trial_id)
             if isinstance(study.pruner, optuna.pruners.PercentilePruner):
                 self.study_view.refresh(force=True)  # the next decision compares with this trial
         self._mine.discard(r.number)

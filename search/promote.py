@@ -97,7 +97,8 @@ def make_backend(name: str, *, data_root: str | None, log: Callable[[str], None]
 
 def study_defaults(spec: StudySpec, backend_name: str) -> dict[str, Any]:
     """Backend options taken from the study: the built-in backend decodes and loads exactly as the proxy
-    scoring did (chunk size, batch size, max_new_tokens, device, dtype), so full and proxy scores compare."""
+    scoring did (chunk size, batch size, every ``[objectives.generation]`` setting, device, dtype), so full
+    and proxy scores compare."""
     if backend_name != "builtin":
         return {}
     obj = spec.objectives
@@ -105,6 +106,7 @@ def study_defaults(spec: StudySpec, backend_name: str) -> dict[str, Any]:
         "chunk_size": obj.chunk_size,
         "batch_size": obj.batch_size,
         "max_new_tokens": obj.max_new_tokens,
+        "generation": dict(obj.generation),
         "device": spec.models.device,
         "dtype": spec.models.dtype or "auto",
     }

@@ -14,6 +14,8 @@ Layout (every field optional; an absent field takes the preset's value, see
     eos_token_ids = []          # added to the model's eos ids
     system_prompt = "..."       # "" = no system message
     instructions = { "*" = "...", mathvista = "...", MathVista_MINI = "..." }   # by dataset, kind, "*"
+    dataset_prompts = "vlmeval" # VLMEvalKit's dataset-specific prompt of the family (objectives.dataset_prompts);
+                                # "none": the TSV's question as it is (the default of the preset "none")
 
 ``[objectives] max_new_tokens`` is the same field (older study files); setting both is an error.
 The result is plain data, ``{"preset": ..., <field>: value}``, validated here and resolved by the worker
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from objectives.dataset_prompts import STYLES
 from objectives.generation_defaults import PRESETS
 
 if TYPE_CHECKING:
@@ -82,6 +85,9 @@ def parse_generation(objectives: TableReader, toy: bool) -> dict[str, Any]:
     eos = _int_list(t, "eos_token_ids")
     if eos is not None:
         out["eos_token_ids"] = eos
+    prompts = t.str_("dataset_prompts", None, ("vlmeval", *STYLES))
+    if prompts is not None:
+        out["dataset_prompts"] = prompts
     system = t.str_("system_prompt")
     if system is not None:
         out["system_prompt"] = system

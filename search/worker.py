@@ -65,7 +65,7 @@ class TrialWorker:
         from merge_core import ResidentMerger
         from objectives.datasets import load_dataset
         from objectives.engines import choose_engine, make_engine
-        from objectives.generation_defaults import resolve_generation
+        from objectives.generation_defaults import study_generation
         from objectives.processing import load_processor, register_image_only_processors
         from objectives.scorer import ProxyScorer
 
@@ -99,13 +99,10 @@ class TrialWorker:
             from transformers import AutoConfig
 
             model_type = AutoConfig.from_pretrained(cfg.vlm, trust_remote_code=cfg.trust_remote_code).model_type
-        self.generation = resolve_generation(
-            model_type,
-            cfg.generation or {"preset": "none"},
-            tokenizer=getattr(self.processor, "tokenizer", None),
-            batch_size=cfg.batch_size,
-            fallback_max_new_tokens=cfg.max_new_tokens,
-        )
+        self.generation = study_generation(  # promotion's built-in backend resolves with the same call
+            model_type, cfg.generation, processor=self.processor, batch_size=cfg.batch_size,
+            max_new_tokens=cfg.max_new_tokens,
+        )  # fmt: skip
         engine = None
         if self.merger is None:  # vLLM: its own copy of the VLM, updated per recipe (objectives.engines)
             engine = make_engine(
@@ -123,6 +120,11 @@ class TrialWorker:
         self.engine = self.scorer.engine
         self.engine.start()  # the vLLM engine checks its context length against the prepared prompts here
         self.steps = self.scorer.steps()
+        from search.recipe_cache import items_fingerprint, scoring_key
+
+        self.scoring_key = scoring_key(
+            self.generation.to_dict(), items_fingerprint(datasets), dtype=cfg.dtype, engine=self.engine_name
+        )
         self.applied: str | None = None
         self.book = GateBook()
         self.label = f"{socket.gethostname()}:{os.getpid()}/{cfg.device}"
@@ -148,6 +150,7 @@ class TrialWorker:
             "steps": [[[c.dataset, len(c.indices)] for c in step] for step in self.steps],
             "datasets": {d.name: len(d.items) for d in self.datasets},
             "generation": self.generation.to_dict(),
+            "scoring_key": self.scoring_key,  # the recipe cache keys on it (search.recipe_cache)
         }
 
     def run_step(

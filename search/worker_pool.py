@@ -121,6 +121,7 @@ class WorkerPool:
         self.steps: list[Any] = []
         self.datasets: tuple[str, ...] = ()
         self.generation: dict[str, Any] | None = None
+        self.scoring_key: str | None = None  # how every worker scores (search.recipe_cache)
         self._resources: dict[str, float] = {}
         self._config: WorkerConfig | None = None
         self._owns_ray = False
@@ -172,6 +173,7 @@ class WorkerPool:
         self.slots = [Slot(i, a, info) for i, (a, info) in enumerate(zip(actors, infos, strict=True))]
         self.steps = infos[0]["steps"]
         self.generation = infos[0].get("generation")
+        self.scoring_key = infos[0].get("scoring_key")
         self.datasets = tuple(infos[0]["datasets"])
         return self.slots
 

@@ -15,6 +15,7 @@ from merge_core import Recipe
 from search.baseline_points import OUTSIDE_ATTR
 from search.coordinator import Coordinator
 from search.known_points import status_lines
+from search.recipe_cache import cache_key
 from search.resolve import Resolved
 from search.spec import StudySpecError, spec_from_dict
 from search.trials import ranked_trials
@@ -122,7 +123,7 @@ def test_a_sampled_trial_equal_to_a_baseline_reuses_its_result(tmp_path):
     base = c.ledger.ask()
     assert base is not None
     study.tell(base.trial, 0.3)
-    c.ledger.recipe_cache[base.recipe_id] = base.trial_id  # as the ledger's finish records a COMPLETE trial
+    c.ledger.recipe_cache[cache_key(base.recipe_id, c.ledger.scoring_key)] = base.trial_id  # as the ledger's finish
     study.enqueue_trial(dict(study.trials[base.trial.number].params))  # the same point, not a baseline
     again = c.ledger.ask()  # told from the cache; the next one runs
     cached = [t for t in study.get_trials() if "cached_from" in t.user_attrs]

@@ -13,6 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.coordinator import Coordinator, objective_values, running_scores
+from search.recipe_cache import cache_key
 from search.resolve import Resolved
 from search.spec import spec_from_dict
 
@@ -189,7 +190,7 @@ def test_same_recipe_is_not_scored_twice(tmp_path):
     first = c.ledger.ask()
     first.trial.set_user_attr("scores", {"A": 0.5})
     c.study.tell(first.trial, 0.5)
-    c.ledger.recipe_cache[first.recipe_id] = c.study.trials[first.trial.number]
+    c.ledger.recipe_cache[cache_key(first.recipe_id, c.ledger.scoring_key)] = c.study.trials[first.trial.number]
     again = c.ledger.ask()  # the fixed space can only produce the same recipe: reused, not re-run
     assert again is None or again.recipe_id != first.recipe_id
     reused = [t for t in c.study.get_trials() if t.user_attrs.get("cached_from") == first.trial.number]

@@ -42,13 +42,15 @@ class FullEvalResult:
     """Scores of one checkpoint on the full benchmarks.
 
     JSON form (the ``full_eval`` trial attribute):
-    ``{"backend", "label", "per_dataset": {name: {"overall", "per_category", "n"}}, "work_dir"}``.
+    ``{"backend", "label", "per_dataset": {name: {"overall", "per_category", "n"}}, "work_dir"}``, plus
+    ``"generation"`` (the decoding settings, ``GenerationConfig.to_dict()``) when the backend decoded itself.
     """
 
     backend: str
     label: str
     per_dataset: dict[str, DatasetResult]
     work_dir: str = ""
+    generation: dict[str, Any] | None = None
 
     @property
     def mean_overall(self) -> float:
@@ -63,6 +65,7 @@ class FullEvalResult:
             "label": self.label,
             "per_dataset": {name: r.to_dict() for name, r in self.per_dataset.items()},
             "work_dir": self.work_dir,
+            **({"generation": self.generation} if self.generation is not None else {}),
         }
 
     @classmethod
@@ -72,4 +75,5 @@ class FullEvalResult:
             label=str(d["label"]),
             per_dataset={str(k): DatasetResult.from_dict(v) for k, v in d["per_dataset"].items()},
             work_dir=str(d.get("work_dir", "")),
+            generation=d.get("generation"),
         )

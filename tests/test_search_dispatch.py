@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from search.coordinator import Coordinator, Slot
 from search.gate import GateBook
+from search.recipe_cache import cache_key
 from search.resolve import Resolved
 from search.spec import spec_from_dict
 
@@ -149,7 +150,7 @@ def test_pruning_points_wait_for_the_decision_and_waste_no_step(tmp_path):
     t1 = c.study.trials[1]
     assert t1.state == TrialState.PRUNED and t1.user_attrs["n_items"] == 8
     # a pruned trial has no value to reuse: only the complete trial 0 is in the recipe cache
-    assert set(c.ledger.recipe_cache) == {c.study.trials[0].user_attrs["recipe_id"]}
+    assert set(c.ledger.recipe_cache) == {cache_key(c.study.trials[0].user_attrs["recipe_id"], c.ledger.scoring_key)}
     assert (1, 2) not in actor.calls and actor.calls[-2:] == [(2, 0), (2, 1)]  # the worker moved on at once
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from search.spec import SEARCHED, Param, SpaceSpec, StudySpec, method_registry
+from search.spec import Param, SpaceSpec, StudySpec, method_registry
 
 if TYPE_CHECKING:
     import optuna
@@ -69,7 +69,7 @@ class SearchSpace:
         r["method"] = method
         mdef = method_registry().get(method)
         for p in mdef.params:  # the method's searched fields, in its declaration order
-            if p.searched and (p.name in SEARCHED or p.name in s.own):
+            if p.searched and p.name in s.ranged():
                 r[p.name] = _suggest(trial, p.name, s.param(p.name))
         if s.component_flags:
             chosen = [c for c in s.component_flags if trial.suggest_categorical(f"comp_{c}", [True, False])]

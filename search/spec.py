@@ -458,7 +458,7 @@ def _check_corners(t: TableReader, space: SpaceSpec) -> None:
         for pd in mdef.params:
             if pd.name in space.fixed:
                 values[pd.name] = [space.fixed[pd.name]]
-            elif pd.searched and pd.name in space.ranged() and (pd.name in SEARCHED or pd.name in space.own):
+            elif pd.searched and pd.name in space.ranged():
                 r = space.param(pd.name)
                 values[pd.name] = sorted({r.low, r.high})
             else:

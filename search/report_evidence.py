@@ -44,9 +44,6 @@ def recipe_text(recipe: dict[str, Any]) -> str:
     return " · ".join([*parts, c["components"], c["schedule"]])
 
 
-_SHARED_FIELDS = {"weight", "vlm_weight", "llm_weight", "lambda", "density", "normalize", "rescale"}
-
-
 def recipe_cells(recipe: dict[str, Any]) -> dict[str, str]:
     """A recipe as the field writes it: method, weights, density, components, schedule."""
     from merge_core import Recipe
@@ -71,10 +68,13 @@ def recipe_cells(recipe: dict[str, Any]) -> dict[str, str]:
     extra = ", ".join(f"{k} {v}" for k, v in sched.items())
     comps = recipe.get("components") or []
     cw = recipe.get("component_weights") or {}
+    from search.spec import own_searched
+
+    own_fields = own_searched()
     own = [  # the method's own fields (della's epsilon, breadcrumbs' gamma, sce's select_topk)
         f"{pd.name} {_num(recipe[pd.name])}"
         for pd in (mdef.params if mdef else ())
-        if pd.name not in _SHARED_FIELDS and recipe.get(pd.name) is not None
+        if pd.name in own_fields and recipe.get(pd.name) is not None
     ]
     return {
         "method": str(m) + (f" ({', '.join(own)})" if own else ""),

@@ -67,7 +67,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     table = Table(title="Pareto front" if multi else f"best {len(trials)} trials (proxy, 95% intervals)")
     cols = ["trial", "value(s)", "proxy scores", "full eval", "recipe", "gain vs vlm_alone (proxy)"]
     for col in cols + (["feasible"] if spec.objectives.constrained is not None else []):
-        table.add_column(col)
+        # the verdict is one word: an 80-column table must not cut it to "INFEASIB…"
+        verdict = col == "feasible"
+        table.add_column(col, no_wrap=verdict, min_width=len("INFEASIBLE") if verdict else None)
     for t in trials:
         fe = trial_attr(study, t, "full_eval")
         fe_txt = ""

@@ -251,10 +251,16 @@ class Magnitude(Selector):
             return diff.add_(1.0).clamp_max_(1.0)  # |τ| >= t
         tied = None
         # before the clamp, 0 means |τ| == t; counting the zeros first (a float sum) spares the index scan
-        # in the chunks that hold none, which is most of them
-        if self.quota > 0 and diff.numel() > int(diff.abs().sum()):
-            tied = (diff == 0).nonzero().reshape(-1)[: self.quota]
-            self.quota -= tied.numel()
+        # in every chunk but the one where the quota runs out: a chunk whose ties all fit in the quota
+        # keeps them all (|τ| >= t), one that holds none keeps |τ| > t
+        if self.quota > 0:
+            ties = diff.numel() - int(diff.abs().sum())
+            if 0 < ties <= self.quota:
+                self.quota -= ties
+                return diff.add_(1.0).clamp_max_(1.0)  # |τ| >= t
+            if ties > 0:
+                tied = (diff == 0).nonzero().reshape(-1)[: self.quota]
+                self.quota -= tied.numel()
         mask = diff.clamp_min_(0.0)  # |τ| > t
         if tied is not None:
             mask[tied] = 1.0
@@ -362,7 +368,7 @@ def _merge_task_vectors(
                     tau.mul_(factor)
                 elif rescale == "inverse_density":
                     tau.div_(op.density)
-            us.append(tau.mul_(a))
+            us.append(tau if a == 1.0 else tau.mul_(a))  # x·1 is x, signed zeros and NaNs included
         u1, u2 = us
         if consensus:
             # keep_i = [sign(u_i) == s], s = +1 if Σu >= 0 else -1, as 0/1 floats: sign(u_i)·s is 1 when
@@ -374,9 +380,16 @@ def _merge_task_vectors(
             keep2 = torch.sign(u2, out=ws.get("w2", m_)).mul_(majority).clamp_min_(0.0)
             delta = u1.mul_(keep1).add_(u2.mul_(keep2))
             if op.normalize:
-                divisor = keep1.mul_(a1).add_(keep2.mul_(a2))
-                fix = torch.sign(divisor, out=majority).abs_().neg_().add_(1.0)
-                divisor.add_(fix)  # 0 -> 1, others unchanged
+                k1 = keep1 if a1 == 1.0 else keep1.mul_(a1)
+                divisor = k1.add_(keep2 if a2 == 1.0 else keep2.mul_(a2))
+                if min(a1, a2) >= 2.0**-126:  # both weights positive and normal in fp32
+                    # a divisor is 0 only where both keeps are, and δ is then ±0: ±0 ÷ min(a1, a2) is the
+                    # same ±0 as ±0 ÷ 1, and every other divisor (a1, a2 or a1 + a2) is >= min(a1, a2),
+                    # so one clamp gives mergekit's 0 -> 1 result with no change elsewhere
+                    divisor.clamp_min_(min(a1, a2))
+                else:
+                    fix = torch.sign(divisor, out=majority).abs_().neg_().add_(1.0)
+                    divisor.add_(fix)  # 0 -> 1, others unchanged
                 delta.div_(divisor)
         else:
             delta = u1.add_(u2)

@@ -2,13 +2,15 @@
 
 A proxy that scores differently from the full evaluation ranks differently, so by default (``preset =
 "vlmeval"``) a study generates as VLMEvalKit's wrapper for the family does. Every row below was read in
-VLMEvalKit's source (open-compass/VLMEvalKit, the ``main`` branch as stored in the search index):
+VLMEvalKit's source (open-compass/VLMEvalKit, the ``main`` branch as stored in the search index; the two
+LLaVA rows re-read at commit e8e78f05 of 2026-08-18, where ``max_new_tokens`` is 2048: it went from 512 to
+2048 in commit 43af13e0, 2025-02-20, for ``LLaVA``, ``LLaVA_Next`` and ``LLaVA_Next2`` alike):
 
 | family | wrapper (file: function) | settings read there |
 | --- | --- | --- |
 | qwen2_vl, qwen2_5_vl | ``vlmeval/vlm/qwen2_vl/model.py``: ``Qwen2VLChat.__init__`` and ``generate_inner_transformers``; ``vlmeval/config.py``: the ``Qwen2-VL-7B-Instruct`` / ``Qwen2.5-VL-7B-Instruct`` partials | ``max_new_tokens=2048``, ``repetition_penalty=1.0``, ``top_k=1`` (greedy), no system prompt (the chat template's own), ``min_pixels=1280*28*28``, ``max_pixels=16384*28*28`` |
-| llava_next | ``vlmeval/vlm/llava/llava.py``: ``LLaVA_Next.__init__`` and ``generate_inner``, ``output_process`` | ``do_sample=False, max_new_tokens=512, num_beams=1``, no repetition penalty; the answer is cut at the first ``<|eot_id|>`` (Llama-3 variants), which stopping there reproduces |
-| llava | ``vlmeval/vlm/llava/llava.py``: ``LLaVA.__init__`` | ``do_sample=False, max_new_tokens=512, num_beams=1``, stop at ``</s>`` (the eos) |
+| llava_next | ``vlmeval/vlm/llava/llava.py``: ``LLaVA_Next.__init__`` and ``generate_inner``, ``output_process`` | ``do_sample=False, max_new_tokens=2048, num_beams=1``, no repetition penalty; the answer is cut at the first ``<|eot_id|>`` (Llama-3 variants), which stopping there reproduces |
+| llava | ``vlmeval/vlm/llava/llava.py``: ``LLaVA.__init__`` | ``do_sample=False, max_new_tokens=2048, num_beams=1``, stop at ``</s>`` (the eos) |
 | idefics2 | ``vlmeval/vlm/idefics.py``: ``IDEFICS2.__init__`` and ``generate_inner`` | ``max_new_tokens=1024``, the checkpoint's generation config otherwise (no repetition penalty) |
 
 VLMEvalKit's dataset-specific prompts (Qwen2-VL's ``use_custom_prompt`` mixin, Idefics2's
@@ -71,12 +73,15 @@ FAMILY_GENERATION: dict[str, FamilyGeneration] = {
     "qwen2_vl": _QWEN,
     "qwen2_5_vl": _QWEN,
     "llava_next": FamilyGeneration(
+        # VLMEvalKit e8e78f05, vlmeval/vlm/llava/llava.py, LLaVA_Next.__init__: kwargs_default(...,
+        # max_new_tokens=2048, ...); 512 before its commit 43af13e0 (2025-02-20)
         source="vlmeval/vlm/llava/llava.py: LLaVA_Next.__init__, LLaVA_Next.output_process",
-        max_new_tokens=512,
+        max_new_tokens=2048,
         eos_tokens=("<|eot_id|>",),
     ),
     "llava": FamilyGeneration(
-        source="vlmeval/vlm/llava/llava.py: LLaVA.__init__", max_new_tokens=512, eos_tokens=("</s>",)
+        # VLMEvalKit e8e78f05, LLaVA.__init__: max_new_tokens=2048 too (the same commit raised both)
+        source="vlmeval/vlm/llava/llava.py: LLaVA.__init__", max_new_tokens=2048, eos_tokens=("</s>",)
     ),
     "idefics2": FamilyGeneration(
         source="vlmeval/vlm/idefics.py: IDEFICS2.__init__", max_new_tokens=1024, repetition_penalty=1.0

@@ -208,7 +208,7 @@ def test_family_defaults_are_vlmevalkits_and_cover_every_family() -> None:
     assert (qwen.max_new_tokens, qwen.repetition_penalty, qwen.batch_size) == (2048, 1.0, 16)
     assert qwen.system_prompt is None and qwen.stop_strings == () and qwen.eos_token_ids == ()
     assert resolve_generation("idefics2").max_new_tokens == 1024
-    assert resolve_generation("llava_next").max_new_tokens == 512
+    assert resolve_generation("llava_next").max_new_tokens == 2048
     set_ = resolve_generation(
         "qwen2_vl",
         {"max_new_tokens": 100, "max_pixels": 1000, "eos_token_ids": [7], "stop_strings": ["\n\n"],

@@ -22,7 +22,8 @@ def test_demo_prints_best_baseline_and_best_searched_recipe(toy_world_ci, tmp_pa
     study = optuna.load_study(study_name="toy", storage=f"sqlite:///{out / 'study.db'}")
     done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE and "recipe" in t.user_attrs]
     bases = [t for t in done if t.user_attrs.get("baseline")]
-    sampled = [t for t in done if not t.user_attrs.get("baseline")]
+    typed = {t.user_attrs["recipe_id"] for t in bases}  # a baseline's recipe drawn again is not a find
+    sampled = [t for t in done if not t.user_attrs.get("baseline") and t.user_attrs["recipe_id"] not in typed]
     assert {t.user_attrs["baseline"] for t in bases} == {"vlm_alone", "llm_lm_in_vlm"}
     ref = next(t for t in bases if t.user_attrs["baseline"] == "vlm_alone").value
     best_base = max(bases, key=lambda t: (t.value, -t.number))

@@ -10,11 +10,14 @@ the grid's best within 25% of the grid's evaluations (13 of 49), median of 5 see
     .venv/bin/python benchmarks/search_efficiency.py [--size full] [--seeds 0 1 2 3 4]
 
 The demo's own search (issue #19 §4): the toy study as ``make demo`` runs it (its whole space, its
-baselines, sampler and pruner; 36 trials) with sampler seeds 0-4. Per seed: the best sampled (not enqueued)
-COMPLETE trial, the best baseline, and the grid's best cell on this world (scored the same way); target: a
-sampled recipe within 2 points of the grid's best in >= 4 of 5 seeds.
+baselines, sampler and pruner; its n_trials) with sampler seeds 0-4. Per seed: the best sampled (not
+enqueued) COMPLETE trial, the best baseline, and the grid's best cell on this world (scored the same way);
+target: a sampled recipe within 2 points of the grid's best in >= 4 of 5 seeds. ``--methods`` searches
+other methods than studies/toy.toml lists (the rest of its space unchanged), e.g. with linear, issue #19
+§4's "all four methods"; ``--n-trials`` another budget.
 
     .venv/bin/python benchmarks/search_efficiency.py --demo            # replayed, one worker (space_replay)
+    .venv/bin/python benchmarks/search_efficiency.py --demo --methods linear task_arithmetic ties dare_linear
     .venv/bin/python benchmarks/search_efficiency.py --demo --runs     # real studies: coordinator, 2 workers
 """
 
@@ -100,8 +103,11 @@ def demo_seed(spec, seed: int, bank, runs: bool, out: Path) -> tuple[float, floa
     return bs.value, bb.value, ref, _describe(bs.user_attrs["recipe"])
 
 
-def demo(size: str, seeds: list[int], runs: bool, n_trials: int | None) -> int:
+def demo(
+    size: str, seeds: list[int], runs: bool, n_trials: int | None, methods: list[str] | None = None
+) -> int:
     """Issue #19 §4 (see the module docstring): per seed and the count."""
+    import dataclasses
     import tempfile
     import time
 
@@ -110,12 +116,15 @@ def demo(size: str, seeds: list[int], runs: bool, n_trials: int | None) -> int:
     spec = toy_spec(size)
     if n_trials:
         spec = spec.replace(n_trials=n_trials)
+    if methods:
+        spec = spec.replace(space=dataclasses.replace(spec.space, methods=tuple(methods)))
     bank = CellBank(spec)
     target, cell = grid_best(spec, bank)
     bank.save()
     how = f"real studies, {spec.workers} workers" if runs else "replayed, 1 worker"
     print(
-        f"toy study ({how}), {spec.n_trials} trials, sampler {spec.sampler.name} {spec.sampler.options}, "
+        f"toy study ({how}), {spec.n_trials} trials, methods {list(spec.space.methods)}, "
+        f"sampler {spec.sampler.name} {spec.sampler.options}, "
         f"pruner {spec.pruner.name} {spec.pruner.options}; world {bank.fingerprint[:12]}; grid best "
         f"{target:.4f} (task_arithmetic {cell['vlm_weight']}, {cell['llm_weight']})"
     )
@@ -147,6 +156,9 @@ def main() -> int:
     p.add_argument("--demo", action="store_true", help="the demo's own search (issue #19 §4), see above")
     p.add_argument("--runs", action="store_true", help="with --demo: real studies instead of the replay")
     p.add_argument("--n-trials", type=int, default=None, help="with --demo: another budget than toy.toml's")
+    p.add_argument(
+        "--methods", nargs="+", default=None, help="with --demo: the methods searched instead of toy.toml's"
+    )
     p.add_argument("--size", default="full", choices=("full", "ci"))
     p.add_argument("--seed", type=int, default=0, help="toy world seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="sampler seeds")
@@ -155,8 +167,15 @@ def main() -> int:
         "--startup", type=int, default=8, help="TPE random start-up trials (the product default: 8)"
     )
     a = p.parse_args()
+    if a.methods:
+        from merge_core.methods import registry
+
+        known = registry.names()
+        bad = [m for m in a.methods if m not in known]
+        if bad:
+            p.error(f"--methods: {bad[0]!r} is not a merge method; one of {', '.join(sorted(known))}")
     if a.demo:
-        return demo(a.size, a.seeds, a.runs, a.n_trials)
+        return demo(a.size, a.seeds, a.runs, a.n_trials, a.methods)
     land = load_or_build(a.out, a.size, a.seed)
     cells = land["cells"]
     budget = math.ceil(0.25 * len(cells))

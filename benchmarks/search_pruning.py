@@ -23,8 +23,11 @@ recipe scored item by item, once, benchmarks/space_replay.py), at the demo's bud
 trial that would have ended best or any trial within 2 points of the grid's best was pruned (issue #19
 §3, #17 §5), and real studies' items per second with Wilcoxon against successive halving:
 
-    .venv/bin/python benchmarks/search_pruning.py --real ["wilcoxon p<0.1" ...] [--budget 36]
-    .venv/bin/python benchmarks/search_pruning.py --throughput [--budget 36]
+    .venv/bin/python benchmarks/search_pruning.py --real ["wilcoxon p<0.1" ...] [--budget 48]
+    .venv/bin/python benchmarks/search_pruning.py --throughput [--budget 48]
+
+``--real`` always runs ``none`` first: each pruner's items are also given as a ratio to its (same seeds).
+The budget defaults to studies/toy.toml's n_trials.
 
 The landscape of toy world seed 1 needs that world (`mergesearch toy build --size full --seed 1`).
 """
@@ -177,8 +180,13 @@ def compare(
     }
 
 
+# every pruner search.pruners.make_pruner offers (median, percentile and Hyperband with the product's
+# defaults), successive halving and Wilcoxon at the settings worth comparing
 REAL_CANDIDATES: dict[str, tuple[str, dict]] = {
     "none": ("none", {}),
+    "median (product defaults)": ("median", {}),
+    "percentile (product defaults)": ("percentile", {}),
+    "hyperband (product defaults)": ("hyperband", {}),
     "successive_halving (1, 3)": ("successive_halving", {"min_resource": 1, "reduction_factor": 3}),
     "successive_halving (1, 2)": ("successive_halving", {"min_resource": 1, "reduction_factor": 2}),
     "successive_halving (2, 2)": ("successive_halving", {"min_resource": 2, "reduction_factor": 2}),
@@ -206,6 +214,7 @@ def real_space(
     print(f"toy study's space, world fingerprint {bank.fingerprint[:12]}: grid best {target:.4f}; "
           f"{n_trials} trials per study; sampler seeds {seeds}")  # fmt: skip
     out: dict[str, list[dict[str, Any]]] = {}
+    labels = ["none", *(x for x in labels if x != "none")]  # the reference of the items ratio
     for label in labels:
         name, opts = REAL_CANDIDATES[label]
         rows = []
@@ -219,7 +228,12 @@ def real_space(
             spent, reach = 0, None
             for t in r.trials:
                 spent += t.items
-                if reach is None and t.baseline is None and t.state != "PRUNED" and t.full_value >= target - near:
+                if (
+                    reach is None
+                    and t.baseline is None
+                    and t.state != "PRUNED"
+                    and t.full_value >= target - near
+                ):
                     reach = spent
             bs = r.best_sampled()
             rows.append(
@@ -228,7 +242,9 @@ def real_space(
                     "items": r.items,
                     "best_sampled": bs.full_value if bs else float("nan"),
                     "winner_pruned": winner.state == "PRUNED",
-                    "near_pruned": sum(t.state == "PRUNED" and t.full_value >= target - near for t in r.trials),
+                    "near_pruned": sum(
+                        t.state == "PRUNED" and t.full_value >= target - near for t in r.trials
+                    ),
                     "n_pruned": sum(t.state == "PRUNED" for t in r.trials),
                     "items_to_near": reach,
                 }
@@ -241,6 +257,7 @@ def real_space(
             + f" | within {100 * near:.0f} pts of the grid best {sum(x['best_sampled'] >= target - near for x in rows)}/{len(rows)}"
             + f" | winner pruned {sum(x['winner_pruned'] for x in rows)}/{len(rows)}"
             + f" | a near-best trial pruned {sum(x['near_pruned'] > 0 for x in rows)}/{len(rows)}"
+            + f" | items / none's {sum(x['items'] for x in rows) / sum(x['items'] for x in out['none']):.2f}x"
             + f" | pruned trials {[x['n_pruned'] for x in rows]} | items to a near-best {[x['items_to_near'] for x in rows]}",
             flush=True,
         )
@@ -286,6 +303,13 @@ def throughput(size: str, pruners: list[str], n_trials: int) -> None:
         print(f"items/s {label} / {first}: {rates[label] / rates[first]:.2f}x")
 
 
+def _toy_trials() -> int:
+    """studies/toy.toml's n_trials (the demo's budget)."""
+    from search.spec import load_spec
+
+    return load_spec(Path(__file__).resolve().parents[1] / "studies" / "toy.toml").n_trials
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="full", choices=("full", "ci"))
@@ -311,7 +335,7 @@ def main() -> int:
         "--budget",
         type=int,
         default=0,
-        help="also run both arms for exactly this many trials (toy.toml: n_trials = 36): items and best found",
+        help="also run both arms for exactly this many trials (e.g. toy.toml's n_trials): items and best found",
     )
     p.add_argument("--json", default=None, help="with --sweep: also write the results to this JSON file")
     p.add_argument("--out", default="benchmarks/results")
@@ -321,22 +345,28 @@ def main() -> int:
         default=None,
         metavar="PRUNER",
         help="replay the toy study's own space (methods, components, schedules) instead of the grid, "
-        f"at --budget trials (default 36), for these pruners (default all): {', '.join(REAL_CANDIDATES)}",
+        f"at --budget trials (default: toy.toml's n_trials), for these pruners (default all; none always): "
+        f"{', '.join(REAL_CANDIDATES)}",
     )
     p.add_argument(
         "--throughput",
         nargs="*",
         default=None,
         metavar="PRUNER",
-        help="real toy studies at --budget trials (default 36) with these pruners (default: successive halving "
+        help="real toy studies at --budget trials (default: toy.toml's n_trials) with these pruners (default: successive halving "
         "(1, 3) and wilcoxon p<0.1): items per second of the coordinator's loop",
     )
     a = p.parse_args()
     if a.throughput is not None:
-        throughput(a.size, a.throughput or ["successive_halving (1, 3)", "wilcoxon p<0.1"], a.budget or 36)
+        throughput(
+            a.size, a.throughput or ["successive_halving (1, 3)", "wilcoxon p<0.1"], a.budget or _toy_trials()
+        )
         return 0
     if a.real is not None:
-        real_space(a.size, a.seeds, a.budget or 36, a.real or list(REAL_CANDIDATES))
+        unknown = [x for x in a.real if x not in REAL_CANDIDATES]
+        if unknown:
+            p.error(f"--real: unknown pruner {unknown[0]!r}; one of {', '.join(REAL_CANDIDATES)}")
+        real_space(a.size, a.seeds, a.budget or _toy_trials(), a.real or list(REAL_CANDIDATES))
         return 0
     land = load_or_build(a.out, a.size, a.seed)
     if a.chunk_size is None:

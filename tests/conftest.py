@@ -19,6 +19,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The user's own cache, read before the session's replaces $MERGESEARCH_CACHE: the full toy world (minutes
+# to train) is built there once per machine for tests/test_toy_properties.py (tests/toy_fixtures.py); a
+# fresh CI machine builds it each run. Default: the product's cache root (objectives.toy.build.cache_root),
+# so a machine that ran `make demo` already holds it.
+os.environ.setdefault(
+    "MERGESEARCH_USER_CACHE",
+    os.environ.get("MERGESEARCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mergesearch"),
+)
 # Hermetic cache: each session builds the "ci" toy world through the real build path, once, and every
 # test and subprocess (`mergesearch run` inherits the environment) shares that one build.
 _SESSION_CACHE = tempfile.mkdtemp(prefix="mergesearch-test-cache-")

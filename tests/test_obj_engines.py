@@ -99,7 +99,10 @@ def test_context_check():
 
 def test_sampling_maps_generation_settings_one_to_one():
     cfg = GenerationConfig(max_new_tokens=7)
-    assert sampling_kwargs(cfg) == {"n": 1, "temperature": 0.0, "max_tokens": 7, "skip_special_tokens": True}
+    assert sampling_kwargs(cfg) == {
+        "n": 1, "temperature": 0.0, "max_tokens": 7, "skip_special_tokens": True, "repetition_penalty": 1.0,
+    }  # fmt: skip
+    assert sampling_kwargs(cfg, 1.05)["repetition_penalty"] == 1.05  # unset: the model's own, as in HF
     for field, value in (
         ("repetition_penalty", 1.1),
         ("stop_strings", ("</a>", "\n\n")),

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .choice import EngineError, VllmOptions, check_context, model_type_of
 from .families import supported_model_types, vllm_family
-from .settings import processor_kwargs, sampling_kwargs
+from .settings import model_repetition_penalty, processor_kwargs, sampling_kwargs
 
 if TYPE_CHECKING:
     from merge_core import Recipe
@@ -145,7 +145,9 @@ class VLLMEngine:
         if mm:
             kwargs["mm_processor_kwargs"] = mm
         self.llm = LLM(**kwargs)
-        self.sampling = SamplingParams(**sampling_kwargs(self.generator.config))
+        self.sampling = SamplingParams(
+            **sampling_kwargs(self.generator.config, model_repetition_penalty(self.vlm))
+        )
 
     def _request(self, item: Item, dataset_name: str | None) -> dict[str, Any]:
         prompt: dict[str, Any] = {"prompt": self.generator.prompt(item, dataset_name)}

@@ -27,8 +27,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .choice import EngineError, VllmOptions, check_context, model_type_of
-from .families import supported_model_types, vllm_family
+from .choice import EngineError, VllmOptions, check_context, model_type_of, unserved_message
+from .families import vllm_family
 from .settings import model_repetition_penalty, processor_kwargs, sampling_kwargs
 
 if TYPE_CHECKING:
@@ -85,10 +85,7 @@ class VLLMEngine:
         model_type = model_type_of(vlm)
         family = vllm_family(model_type)
         if family is None:
-            raise EngineError(
-                f"engine 'vllm' does not serve the VLM {vlm} (model_type {model_type!r}); served: "
-                f"{', '.join(supported_model_types())}; use engine = 'hf' or 'auto'"
-            )
+            raise EngineError(unserved_message(vlm, model_type))
         self.family = family
         self.vlm = vlm
         self.generator = generator

@@ -127,8 +127,9 @@ def save_stock_processor(tokenizer, out: Path, family: str = "qwen2_vl") -> None
         Qwen2VLVideoProcessor,
     )
 
-    image = Qwen2VLImageProcessor(min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE)
-    video = Qwen2VLVideoProcessor(min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE)
+    # up to (2 SIDE)^2: a 28x28 image stays one token, and a study's min_pixels can ask for 4 (settings test)
+    image = Qwen2VLImageProcessor(min_pixels=SIDE * SIDE, max_pixels=4 * SIDE * SIDE)
+    video = Qwen2VLVideoProcessor(min_pixels=SIDE * SIDE, max_pixels=4 * SIDE * SIDE)
     cls = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
     proc = cls(
         image_processor=image,

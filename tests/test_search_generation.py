@@ -97,9 +97,10 @@ def test_worker_resolves_for_its_family_and_reports_it(tmp_path: Path) -> None:
                                "method": "linear", "weight": 0.5})  # fmt: skip
     rows = worker.run_step(recipe.to_dict(), recipe.id, 0)["records"]
     assert len(rows) == 3
-    # no settings at all (an older caller): the processor's bounds and the WorkerConfig's max_new_tokens
+    # no settings at all (an older caller): the processor's bounds and the WorkerConfig's max_new_tokens,
+    # no repetition penalty (the preset "none" records 1.0)
     plain = TrialWorker(WorkerConfig(**common, max_new_tokens=7)).info()["generation"]
-    assert plain == GenerationConfig(max_new_tokens=7, batch_size=2).to_dict()
+    assert plain == GenerationConfig(max_new_tokens=7, batch_size=2, repetition_penalty=1.0).to_dict()
 
 
 def test_export_writes_provenance_beside_the_recipe(tmp_path: Path) -> None:

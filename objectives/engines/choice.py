@@ -22,7 +22,7 @@ from typing import Any
 
 from merge_core.errors import MergesearchError
 
-from .families import CPU_HEAD_SIZES, supported_model_types, vllm_family
+from .families import CPU_HEAD_SIZES, UNSERVED, supported_model_types, vllm_family
 
 ENGINES = ("hf", "vllm", "auto")
 VLLM_INSTALL = (
@@ -135,16 +135,22 @@ def choose_engine(engine: str, vlm: str | Path, device: str = "cpu") -> str:
     if not vllm_installed():
         raise EngineError(f"engine 'vllm': vLLM is not installed here; {VLLM_INSTALL}")
     if not served:
-        raise EngineError(
-            f"engine 'vllm' does not serve the VLM {vlm} (model_type {model_type!r}); served: "
-            f"{', '.join(supported_model_types())}; use engine = 'hf' or 'auto'"
-        )
+        raise EngineError(unserved_message(vlm, model_type))
     if not cpu_ok:
         raise EngineError(
             f"engine 'vllm' on a CPU: the VLM {vlm} has attention heads of {head}, and vLLM's CPU attention "
             f"runs head sizes {', '.join(map(str, CPU_HEAD_SIZES))} only; use engine = 'hf' or a GPU"
         )
     return "vllm"
+
+
+def unserved_message(vlm: str | Path, model_type: str | None) -> str:
+    """The one-line error for a VLM whose family the vLLM engine does not serve (why, when known)."""
+    why = f" ({UNSERVED[model_type]})" if model_type in UNSERVED else ""
+    return (
+        f"engine 'vllm' does not serve the VLM {vlm} (model_type {model_type!r}){why}; served: "
+        f"{', '.join(supported_model_types())}; use engine = 'hf' or 'auto'"
+    )
 
 
 def check_context(max_model_len: int, longest_prompt: int, max_new_tokens: int, where: str) -> None:

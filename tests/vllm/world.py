@@ -11,6 +11,13 @@ compare is every generated response, which an untrained model makes as varied as
 The VLM is saved with the stock ``Qwen2VLProcessor`` (video processor included, which needs torchvision:
 this module runs in .venv-vllm only); :func:`objectives.processing.load_processor` reads the same files as
 the image-only processor for the ``hf`` engine.
+
+:func:`build_llava_next_world`: a LLaVA-Next trio of ``tests/tiny`` (Llama language model, CLIP tower) with
+2 heads of 32, the byte-level tokenizer and LLaVA-Next processor of ``tests/tiny/vlm_processing``, and the
+same benchmark rows. Its VLM file stores the vision tower under the hub's names
+(``vision_tower.vision_model.*``, as llava-hf/llava-v1.6-* do): transformers 5 saves its in-memory CLIP
+layout (``vision_tower.embeddings...``, no ``vision_model.``), which vLLM 0.32's LLaVA-Next loader does not
+map (``There is no module or parameter named 'vision_tower.embeddings'``); transformers loads both.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import (
     AutoModelForImageTextToText,
     Qwen2_5_VLConfig,
@@ -70,6 +79,7 @@ class World:
     base: Path
     data_dir: Path
     datasets: tuple[str, ...]
+    family: str = "qwen2_vl"
 
 
 def _name_seed(seed: int, name: str) -> int:
@@ -117,8 +127,9 @@ def save_stock_processor(tokenizer, out: Path, family: str = "qwen2_vl") -> None
         Qwen2VLVideoProcessor,
     )
 
-    image = Qwen2VLImageProcessor(min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE)
-    video = Qwen2VLVideoProcessor(min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE)
+    # up to (2 SIDE)^2: a 28x28 image stays one token, and a study's min_pixels can ask for 4 (settings test)
+    image = Qwen2VLImageProcessor(min_pixels=SIDE * SIDE, max_pixels=4 * SIDE * SIDE)
+    video = Qwen2VLVideoProcessor(min_pixels=SIDE * SIDE, max_pixels=4 * SIDE * SIDE)
     cls = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
     proc = cls(
         image_processor=image,
@@ -160,6 +171,18 @@ def build_world(
         tokenizer.save_pretrained(str(path))
         paths[label] = path
     save_stock_processor(tokenizer, paths["vlm"], family)
+    data = write_benchmarks(root, seed, items)
+    meta = {"seed": seed, "noise": noise, "items": items, "family": family}
+    (root / "world.json").write_text(json.dumps(meta) + "\n")
+    return World(paths["vlm"], paths["llm"], paths["base"], data, DATASETS, family)
+
+
+DATASETS = ("MathVista_V32", "MathVision_V32")
+
+
+def write_benchmarks(root: Path, seed: int, items: int) -> Path:
+    """The toy world's MathVista / MathVision rows (``items`` per kind, 28x28 digit images) under
+    ``root/LMUData``; returns that folder."""
     rng = np.random.default_rng(seed)
     triples = [tuple(int(x) for x in rng.integers(0, 10, 3)) for _ in range(items)]
     data = root / "LMUData"
@@ -168,6 +191,34 @@ def build_world(
     bench_data.write_tsv(
         bench_data.mathv_rows(seed, triples, half, items - half), data / "MathVision_V32.tsv"
     )
-    meta = {"seed": seed, "noise": noise, "items": items, "family": family}
+    return data
+
+
+def hub_vision_names(vlm: Path) -> None:
+    """Rewrite ``vlm``'s safetensors with the vision tower under the hub's LLaVA names
+    (``vision_tower.X`` -> ``vision_tower.vision_model.X``; the module docstring says why)."""
+    for f in sorted(vlm.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as h:
+            state = {k: h.get_tensor(k) for k in h.keys()}
+        renamed = {
+            "vision_tower.vision_model." + k.removeprefix("vision_tower.")
+            if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.")
+            else k: v
+            for k, v in state.items()
+        }
+        save_file(renamed, str(f), metadata={"format": "pt"})
+
+
+def build_llava_next_world(root: Path, seed: int = 0, *, noise: float = 0.05, items: int = 12) -> World:
+    """A LLaVA-Next world with head_dim 32 (module docstring), deterministic in ``seed``."""
+    from tests.tiny.models import build_trio
+    from tests.tiny.vlm_processing import add_processor
+
+    root.mkdir(parents=True, exist_ok=True)
+    trio = build_trio("llava_next", root, seed, noise=noise, heads=2)
+    add_processor(trio.vlm)
+    hub_vision_names(trio.vlm)
+    data = write_benchmarks(root, seed, items)
+    meta = {"seed": seed, "noise": noise, "items": items, "family": "llava_next"}
     (root / "world.json").write_text(json.dumps(meta) + "\n")
-    return World(paths["vlm"], paths["llm"], paths["base"], data, ("MathVista_V32", "MathVision_V32"))
+    return World(trio.vlm, trio.llm, trio.base, data, DATASETS, "llava_next")

@@ -89,6 +89,9 @@ def _points(c: dict[str, np.ndarray], mask: dict[str, np.ndarray] | None = None)
     return 100.0 * float(np.mean([v[mask[n]].mean() if mask else v.mean() for n, v in c.items()]))
 
 
+# its setup waits for the full world's background build (minutes on a fresh, busy machine) and scores 35
+# recipes: the suite's 600 s per-test guard would count both
+@pytest.mark.timeout(1500)
 def test_full_world_landscape_properties(landscape):
     correct, masks = landscape
     labels = list(correct)  # the grid's order: the two endpoints first

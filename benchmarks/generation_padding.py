@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from objectives.processing import load_processor
     from objectives.scorer import plan_steps
     from objectives.toy import build_toy_world
-    from search.spec import load_spec
+    from search.study.spec import load_spec
 
     torch.set_num_threads(a.threads)
     spec = load_spec(Path(__file__).resolve().parents[1] / "studies" / "toy.toml")

@@ -137,7 +137,7 @@ def peak():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
 atexit.register(lambda: print(json.dumps({"peak_rss": peak()})))
-from search.cli import main
+from search.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -2,7 +2,7 @@
 
 The landscape (benchmarks/search_landscape.py) holds real proxy scores of all 49 task-arithmetic cells
 (a1, a2 in {0, 0.25, ..., 1.5}). Each sampler searches the same discrete space through this project's
-own sampler factory (search.samplers.make_sampler: TPE multivariate/group/constant-liar, or random); a
+own sampler factory (search.study.samplers.make_sampler: TPE multivariate/group/constant-liar, or random); a
 trial's value is the real score of its cell. A cell suggested again costs nothing (the coordinator reuses
 a COMPLETE recipe's result), so the budget counts distinct evaluations. Target (issue #6 §8): TPE reaches
 the grid's best within 25% of the grid's evaluations (13 of 49), median of 5 seeds.
@@ -34,7 +34,7 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_landscape import cell_key, load_or_build, replay_spec  # noqa: E402
 
-from search.samplers import make_sampler  # noqa: E402
+from search.study.samplers import make_sampler  # noqa: E402
 
 
 def _spec(sampler: str, seed: int, startup: int):
@@ -74,7 +74,7 @@ def demo_seed(spec, seed: int, bank, runs: bool, out: Path) -> tuple[float, floa
     ``seed``: replayed on the bank, or (``runs``) a real study with the demo's workers."""
     import dataclasses
 
-    from search.ledger import describe_recipe as _describe
+    from search.engine.ledger import describe_recipe as _describe
 
     sp = spec.replace(sampler=dataclasses.replace(spec.sampler, seed=seed))
     if not runs:
@@ -88,10 +88,10 @@ def demo_seed(spec, seed: int, bank, runs: bool, out: Path) -> tuple[float, floa
 
     from rich.console import Console
 
-    from search.demo_summary import best_baseline, best_searched
+    from search.cli.demo_summary import best_baseline, best_searched
     from search.run import run_study
-    from search.storage import open_study
-    from search.trials import baseline_trials
+    from search.study.storage import open_study
+    from search.study.trials import baseline_trials
 
     d = out / f"demo_seed{seed}"
     shutil.rmtree(d, ignore_errors=True)

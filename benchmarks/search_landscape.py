@@ -78,7 +78,7 @@ def step_plan(items: dict[str, list[str]], chunk_size: int) -> list[list[tuple[s
 def replay_cell(cell: dict, plan: list[list[tuple[str, int, int]]], datasets: list[str], spec) -> list:
     """``[(items scored in the step, objective after the step), ...]`` for one cell, one entry per step:
     the coordinator's own ``running_scores`` and ``objective_values`` over the records so far."""
-    from search.coordinator import objective_values, running_scores
+    from search.engine.coordinator import objective_values, running_scores
 
     records: list[dict[str, Any]] = []
     out = []
@@ -102,7 +102,7 @@ def replay_spec(
 ):
     """A study spec whose search space is exactly this grid (task arithmetic, a1 and a2 on STEPS), for the
     benchmarks that replay the stored cells through the product's samplers and pruners."""
-    from search.spec import spec_from_dict
+    from search.study.spec import spec_from_dict
 
     step = STEPS[1] - STEPS[0]
     grid = {"low": STEPS[0], "high": STEPS[-1], "step": step}

@@ -3,11 +3,11 @@
 Replays real trials as the coordinator runs them: each cell of benchmarks/search_landscape.py holds the
 correctness of every proxy item, regrouped into the product's step plan for ``--chunk-size``
 (search_landscape.step_plan: the scorer's own grouping; step r = chunk r of every dataset). After each
-step a trial reports the coordinator's running objective (search.coordinator.running_scores and
+step a trial reports the coordinator's running objective (search.engine.coordinator.running_scores and
 objective_values: weighted mean over datasets of running accuracy) as ``trial.report(value, steps done)``
 and asks ``should_prune()``, except after the last step, which completes it. Both arms use the product's
-TPE sampler (search.samplers.make_sampler) with the same seed; the pruner comes from
-search.pruners.make_pruner with ``n_steps`` (studies/toy.toml's [pruner] unless --pruner/--options say
+TPE sampler (search.study.samplers.make_sampler) with the same seed; the pruner comes from
+search.study.pruners.make_pruner with ``n_steps`` (studies/toy.toml's [pruner] unless --pruner/--options say
 otherwise). Each arm runs until a COMPLETE trial reaches the grid's best score (at most --max-trials) and
 counts the proxy items scored on the way. A cell already COMPLETE is not evaluated again (the
 coordinator's cache: told its value, no items); a pruned cell is. The toy study's baselines are not
@@ -47,8 +47,8 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_landscape import cell_key, load_or_build, replay_cell, replay_spec, step_plan  # noqa: E402
 
-from search.pruners import make_pruner  # noqa: E402
-from search.samplers import make_sampler  # noqa: E402
+from search.study.pruners import make_pruner  # noqa: E402
+from search.study.samplers import make_sampler  # noqa: E402
 
 Replays = dict[str, list[tuple[int, float]]]
 
@@ -63,7 +63,7 @@ def replays_for(land: dict, chunk_size: int) -> Replays:
 def product_pruner(
     name: str, options: dict | None = None, n_steps: int | None = None
 ) -> Callable[[int], optuna.pruners.BasePruner]:
-    """A factory (sampler seed → pruner) through search.pruners.make_pruner, as the coordinator builds it
+    """A factory (sampler seed → pruner) through search.study.pruners.make_pruner, as the coordinator builds it
     (``n_steps``: steps per trial, which the coordinator passes too)."""
 
     def make(seed: int) -> optuna.pruners.BasePruner:
@@ -122,7 +122,7 @@ def run(
 
 
 def candidates(n_steps: int) -> dict[str, Callable[[int], optuna.pruners.BasePruner]]:
-    """The pruners compared by --sweep, all through search.pruners.make_pruner (names and options as a
+    """The pruners compared by --sweep, all through search.study.pruners.make_pruner (names and options as a
     study file gives them), plus Optuna's PatientPruner around the median pruner (marked ``optuna:``)."""
     out: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {}
 
@@ -180,7 +180,7 @@ def compare(
     }
 
 
-# every pruner search.pruners.make_pruner offers (median, percentile and Hyperband with the product's
+# every pruner search.study.pruners.make_pruner offers (median, percentile and Hyperband with the product's
 # defaults), successive halving and Wilcoxon at the settings worth comparing
 REAL_CANDIDATES: dict[str, tuple[str, dict]] = {
     "none": ("none", {}),
@@ -268,7 +268,7 @@ def throughput(size: str, pruners: list[str], n_trials: int) -> None:
     """Real toy studies (the coordinator, studies/toy.toml's 2 workers) with each pruner of
     :data:`REAL_CANDIDATES`: proxy items scored per second of the dispatch loop, side by side in one run
     (WilcoxonPruner decides on the coordinator after one store write per item; successive halving on the
-    workers, search.gate)."""
+    workers, search.engine.gate)."""
     import dataclasses
     import tempfile
 
@@ -276,7 +276,7 @@ def throughput(size: str, pruners: list[str], n_trials: int) -> None:
     from space_replay import toy_spec
 
     from search.run import run_study
-    from search.storage import open_study
+    from search.study.storage import open_study
 
     spec = toy_spec(size, n_trials=n_trials)
     rates = {}
@@ -305,7 +305,7 @@ def throughput(size: str, pruners: list[str], n_trials: int) -> None:
 
 def _toy_trials() -> int:
     """studies/toy.toml's n_trials (the demo's budget)."""
-    from search.spec import load_spec
+    from search.study.spec import load_spec
 
     return load_spec(Path(__file__).resolve().parents[1] / "studies" / "toy.toml").n_trials
 
@@ -325,7 +325,7 @@ def main() -> int:
     p.add_argument(
         "--pruner",
         default=None,
-        help="a pruner name of search.pruners.make_pruner (default: studies/toy.toml's)",
+        help="a pruner name of search.study.pruners.make_pruner (default: studies/toy.toml's)",
     )
     p.add_argument(
         "--options", default=None, help="JSON object: [pruner] options (default: toy.toml's with its pruner)"
@@ -370,7 +370,7 @@ def main() -> int:
         return 0
     land = load_or_build(a.out, a.size, a.seed)
     if a.chunk_size is None:
-        from search.spec import load_spec
+        from search.study.spec import load_spec
 
         a.chunk_size = load_spec(
             Path(__file__).resolve().parents[1] / "studies" / "toy.toml"
@@ -412,7 +412,7 @@ def main() -> int:
             )
         return 0
     if a.pruner is None:  # the toy study's own [pruner]
-        from search.spec import load_spec
+        from search.study.spec import load_spec
 
         toy = load_spec(Path(__file__).resolve().parents[1] / "studies" / "toy.toml").pruner
         a.pruner = toy.name

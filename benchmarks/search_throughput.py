@@ -25,7 +25,7 @@ class, the same step, nothing else running, back-to-back ``run_step`` calls) sti
 trip. Each call sent to a worker with nothing queued (a new trial when none was asked yet, a decision of a
 pruner other than successive halving) costs at least that; the idle time above ``waits x floor`` is the
 gaps between queued calls (Ray's per-call work on the worker, and the CPU the coordinator takes from the
-workers on a small host). At successive halving's rungs the worker decides itself (``search.gate``) and
+workers on a small host). At successive halving's rungs the worker decides itself (``search.engine.gate``) and
 the calls queued behind the rung step run or return at once on its verdict: the run prints how many
 returned unrun ("skipped").
 The floor is Ray's and the operating system's: on this machine a call sent after a 200 ms call starts
@@ -76,9 +76,9 @@ def run_once(study: str, workers: int, trials: int, tmp: Path, pruner: str | Non
     """One run of ``study`` in a fresh store under ``tmp``; ``pruner`` None keeps the study's."""
     from rich.console import Console
 
-    from search.coordinator import Coordinator
-    from search.resolve import resolve
-    from search.spec import PrunerSpec, load_spec
+    from search.engine.coordinator import Coordinator
+    from search.study.resolve import resolve
+    from search.study.spec import PrunerSpec, load_spec
 
     spec = load_spec(study)
     name = f"{spec.name}_w{workers}_{pruner or spec.pruner.name}"
@@ -106,9 +106,9 @@ def bare_workers(study: str, tmp: Path, workers: int) -> Iterator[list[Any]]:
     """``workers`` worker actors of ``study`` (models loaded) in a local Ray, without a coordinator loop."""
     from rich.console import Console
 
-    from search.coordinator import Coordinator
-    from search.resolve import resolve
-    from search.spec import load_spec
+    from search.engine.coordinator import Coordinator
+    from search.study.resolve import resolve
+    from search.study.spec import load_spec
 
     spec = load_spec(study)
     spec = spec.replace(

@@ -3,15 +3,15 @@
 The 49-cell landscape (benchmarks/search_landscape.py) covers task arithmetic only. The toy study searches
 four methods, three component sets and three schedules (studies/toy.toml), a space no grid covers. Here a
 :class:`CellBank` scores on demand, in this process, each recipe a replayed search asks for, with the
-product's own worker (``search.worker.TrialWorker``: ResidentMerger + ProxyScorer, the study's chunk and
+product's own worker (``search.engine.worker.TrialWorker``: ResidentMerger + ProxyScorer, the study's chunk and
 batch sizes), and keeps the correctness of every item by recipe id in a JSON file named after the toy
 world's weights fingerprint (``objectives.toy.fingerprint``), so that a rerun, another pruner or another
 sampler setting re-scores only the recipes it is the first to ask for, and a world trained on another CPU
 never reads this one's scores.
 
 :func:`replay` runs one study as the coordinator does with one worker: the baselines enqueued first, as
-points of the space where they are (``search.baseline_points``) and never pruned; the product's sampler
-(``search.samplers.make_sampler``) and pruner (``search.pruners.make_pruner`` with the step count); after
+points of the space where they are (``search.study.baseline_points``) and never pruned; the product's sampler
+(``search.study.samplers.make_sampler``) and pruner (``search.study.pruners.make_pruner`` with the step count); after
 each step the running objective is reported and the pruner asked, except after the last step; a recipe
 already COMPLETE is told its value without items (the recipe cache). With ``per_item`` the trial reports
 every item's weighted correctness at its item index instead (what Optuna's WilcoxonPruner pairs), and the
@@ -41,7 +41,7 @@ def toy_spec(size: str = "full", **changes: Any):
     """studies/toy.toml with the toy size and ``changes`` (StudySpec fields) applied."""
     import dataclasses
 
-    from search.spec import ToySource, load_spec
+    from search.study.spec import ToySource, load_spec
 
     spec = load_spec(TOY_STUDY)
     spec = spec.replace(models=dataclasses.replace(spec.models, toy=ToySource(spec.models.toy.seed, size)))
@@ -55,7 +55,7 @@ class CellBank:
     def __init__(self, spec, out: str | Path = REPO / "benchmarks" / "results") -> None:
         from objectives.toy import build_toy_world
         from objectives.toy.fingerprint import world_identity
-        from search.resolve import resolve
+        from search.study.resolve import resolve
 
         self.spec = spec
         self.resolved = resolve(spec)
@@ -73,7 +73,7 @@ class CellBank:
 
     def _load_worker(self) -> Any:
         if self._worker is None:
-            from search.worker import TrialWorker, WorkerConfig
+            from search.engine.worker import TrialWorker, WorkerConfig
 
             obj = self.spec.objectives
             r = self.resolved
@@ -152,7 +152,7 @@ class Replay:
 
 def _values(bits: dict[str, str], steps: list[list[tuple[str, int]]], spec, datasets) -> list[tuple[int, float]]:
     """[(items in step, running objective after it)] — the coordinator's own running objective."""
-    from search.objective_values import objective_values, running_scores
+    from search.study.objective_values import objective_values, running_scores
 
     records: list[dict[str, Any]] = []
     at = {d: 0 for d in datasets}
@@ -170,8 +170,8 @@ def _values(bits: dict[str, str], steps: list[list[tuple[str, int]]], spec, data
 def _item_values(bits, steps, spec, datasets) -> list[list[float]]:
     """Per step, each item's weighted correctness ``w_d / mean(w) · correct`` (its mean over a whole trial
     is the weighted objective when the datasets have equal item counts), in step order."""
-    from search.item_reports import item_value
-    from search.objective_values import dataset_weights
+    from search.engine.item_reports import item_value
+    from search.study.objective_values import dataset_weights
 
     w = dataset_weights(spec, tuple(datasets))
     at = {d: 0 for d in datasets}
@@ -196,10 +196,10 @@ def replay(
 ) -> Replay:
     """One study of ``n_trials`` trials on the bank (see the module docstring)."""
     from merge_core import Recipe
-    from search.baseline_points import enqueue_baselines, register_params
-    from search.pruners import make_pruner
-    from search.samplers import make_sampler
-    from search.space import SearchSpace
+    from search.study.baseline_points import enqueue_baselines, register_params
+    from search.study.pruners import make_pruner
+    from search.study.samplers import make_sampler
+    from search.study.space import SearchSpace
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     steps = bank.plan()
@@ -265,7 +265,7 @@ def grid_best(spec, bank: CellBank) -> tuple[float, dict[str, Any]]:
     """The best cell of the 49-cell task-arithmetic grid on this world (scored through the bank, so the
     same world and the same step plan as the replays): (value, recipe)."""
     from merge_core import Recipe
-    from search.space import SearchSpace
+    from search.study.space import SearchSpace
 
     space = SearchSpace(spec, bank.resolved.models())
     best: tuple[float, dict[str, Any]] = (-1.0, {})

@@ -1,4 +1,4 @@
-"""Sub-commands ``mergesearch inspect`` and ``mergesearch merge`` (registered by search/cli.py)."""
+"""Sub-commands ``mergesearch inspect`` and ``mergesearch merge`` (registered by search/cli/main.py)."""
 
 from __future__ import annotations
 

@@ -110,7 +110,7 @@ def resolve_generation(
     """The :class:`GenerationConfig` a study decodes with for a VLM of ``model_type``.
 
     ``settings``: ``{"preset": "vlmeval" | "none", <field>: value}`` (a study's ``[objectives.generation]``,
-    validated by ``search.spec``); fields absent take the preset's value: VLMEvalKit's for the family
+    validated by ``search.study.spec``); fields absent take the preset's value: VLMEvalKit's for the family
     (:data:`FAMILY_GENERATION`) or, for ``"none"``, GenerationConfig's with ``fallback_max_new_tokens`` and
     ``repetition_penalty = 1.0``.
     ``eos_token_ids`` of the study are added to the family's ``eos_tokens`` (as ids of ``tokenizer``).

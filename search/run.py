@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from search.spec import StudySpec
+from search.study.spec import StudySpec
 
 
 def run_study(
@@ -25,9 +25,9 @@ def run_study(
 ) -> Any:
     """Check everything, run the coordinator to the budget, then promote the top-k (if configured)."""
     from objectives.engines.choice import choose_engine
-    from search.coordinator import Coordinator
-    from search.resolve import preflight, resolve
-    from search.storage import check_storage_url, mask_url
+    from search.engine.coordinator import Coordinator
+    from search.study.resolve import preflight, resolve
+    from search.study.storage import check_storage_url, mask_url
 
     console = console or Console()
     check_storage_url(spec.storage)  # an unwritable store fails before any model or Ray work
@@ -67,7 +67,7 @@ def plan_sources(spec: StudySpec, resolved: Any, console: Console) -> StudySpec:
 
     from merge_core.devices import resolve_device
     from merge_core.memory_plan import plan_for_checkpoints
-    from search.spec import merge_components
+    from search.study.spec import merge_components
 
     if not all(Path(p).is_dir() for p in (resolved.vlm, resolved.llm, resolved.base) if p):
         return spec
@@ -92,10 +92,10 @@ def plan_sources(spec: StudySpec, resolved: Any, console: Console) -> StudySpec:
 
 
 def promote_best(spec: StudySpec, console: Console) -> list:
-    """Call the promotion step (search.promote) if it is installed; skip with a message otherwise."""
+    """Call the promotion step (search.results.promote) if it is installed; skip with a message otherwise."""
     try:
-        from search.promote import promote_study
+        from search.results.promote import promote_study
     except ImportError as err:
-        console.print(f"promotion skipped: search.promote is not available ({err})")
+        console.print(f"promotion skipped: search.results.promote is not available ({err})")
         return []
     return promote_study(spec, top_k=spec.promotion.top_k, backend=spec.promotion.backend, console=console)

@@ -19,7 +19,7 @@ from merge_core import (
     inspect_models,
     merge_to_disk,
 )
-from search.cli import main
+from search.cli.main import main
 from tests.tiny.models import cached_trio
 
 

@@ -1,4 +1,4 @@
-"""Hub ids (merge_core.hub, search.resolve): pairing from configs and headers before any download, one
+"""Hub ids (merge_core.hub, search.study.resolve): pairing from configs and headers before any download, one
 snapshot download per model in the driver, and trials that never call the hub.
 
 There is no hub here: a stand-in replaces huggingface_hub's three functions and serves repos from tiny
@@ -20,8 +20,8 @@ from huggingface_hub.utils import SafetensorsFileMetadata, SafetensorsRepoMetada
 from merge_core import Recipe, merge_to_disk
 from merge_core.errors import ArchitectureError, ModelFilesError
 from merge_core.hub import localize, pair_check
-from search.resolve import ModelPathError, resolve
-from search.spec import spec_from_dict
+from search.study.resolve import ModelPathError, resolve
+from search.study.spec import spec_from_dict
 from tests.tiny.models import cached_trio
 
 

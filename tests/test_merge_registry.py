@@ -42,9 +42,9 @@ def test_fields_of_other_methods_are_rejected_by_name() -> None:
 def test_study_space_and_export_take_the_registered_methods() -> None:
     import optuna
 
-    from search.export import mergekit_config
-    from search.space import SearchSpace
-    from search.spec import SEARCHED, own_searched, spec_from_dict
+    from search.results.export import mergekit_config
+    from search.study.space import SearchSpace
+    from search.study.spec import SEARCHED, own_searched, spec_from_dict
 
     searched = {p.name for m in registry.registry().values() for p in m.params if p.searched}
     assert searched == set(SEARCHED) | set(own_searched())
@@ -89,8 +89,8 @@ def test_a_methods_own_fields_are_searched_when_the_study_ranges_them() -> None:
     into the recipe when ``space.<name>`` ranges them, the method's default otherwise; the grid has them."""
     import optuna
 
-    from search.space import SearchSpace
-    from search.spec import spec_from_dict
+    from search.study.space import SearchSpace
+    from search.study.spec import spec_from_dict
 
     space = {"methods": ["della", "breadcrumbs", "sce"], "density": {"low": 0.3, "high": 0.6, "step": 0.1},
              "epsilon": {"low": 0.05, "high": 0.2, "step": 0.05}, "gamma": [0.0, 0.1],
@@ -130,7 +130,7 @@ def test_a_methods_own_fields_are_searched_when_the_study_ranges_them() -> None:
     ],
 )  # fmt: skip
 def test_a_space_that_can_draw_an_invalid_recipe_is_refused_before_the_search(space: dict, match: str) -> None:
-    from search.spec import StudySpecError, spec_from_dict
+    from search.study.spec import StudySpecError, spec_from_dict
 
     with pytest.raises(StudySpecError, match=match):
         spec_from_dict({**_STUDY, "space": space})
@@ -139,8 +139,8 @@ def test_a_space_that_can_draw_an_invalid_recipe_is_refused_before_the_search(sp
 def test_a_fixed_method_field_goes_only_to_the_methods_that_take_it() -> None:
     import optuna
 
-    from search.space import SearchSpace
-    from search.spec import StudySpecError, spec_from_dict
+    from search.study.space import SearchSpace
+    from search.study.spec import StudySpecError, spec_from_dict
 
     spec = spec_from_dict({**_STUDY, "space": {"methods": ["linear", "ties", "sce"], "density": [0.3, 0.6],
                                                "fixed": {"rescale": "none", "compat": "mergekit"}}})  # fmt: skip

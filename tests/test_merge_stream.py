@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 from merge_core import MergesearchError, Recipe, merge_to_disk
-from search.cli import main
+from search.cli.main import main
 from tests.tiny.models import cached_trio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def test_a_merge_to_disk_imports_no_transformers(trio, tmp_path, how):
     call = {
         "merge_to_disk": "from merge_core import load_recipe, merge_to_disk; "
         "merge_to_disk(load_recipe(sys.argv[1]), sys.argv[2], progress=False)",
-        "cli": "from search.cli import main; assert main(['merge', sys.argv[1], '--out', sys.argv[2], '--quiet']) == 0",
+        "cli": "from search.cli.main import main; assert main(['merge', sys.argv[1], '--out', sys.argv[2], '--quiet']) == 0",
     }[how]
     code = f"import json, sys; {call}; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))"
     res = subprocess.run(

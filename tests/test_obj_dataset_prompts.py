@@ -15,7 +15,7 @@ from objectives.dataset_prompts import DatasetPromptError, dataset_prompt
 from objectives.datasets import Item
 from objectives.generation import GenerationConfig, Generator
 from objectives.generation_defaults import GenerationSettingsError, resolve_generation
-from search.spec import StudySpecError, spec_from_dict
+from search.study.spec import StudySpecError, spec_from_dict
 from tests.tiny.models import build_trio
 from tests.tiny.vlm_processing import add_processor
 

@@ -18,7 +18,7 @@ from objectives.engines.families import vllm_family
 from objectives.engines.settings import sampling_kwargs
 from objectives.engines.vllm_engine import llm_kwargs
 from objectives.generation import GenerationConfig
-from search.spec import spec_from_dict
+from search.study.spec import spec_from_dict
 from tests.tiny.models import cached_trio
 
 

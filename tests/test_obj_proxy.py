@@ -12,7 +12,7 @@ import pytest
 from objectives.datasets import DatasetError, load_dataset
 from objectives.proxy import allocate, load_manifest, make_proxy, proxy_name
 from objectives.tsv import write_tsv
-from search.cli import main
+from search.cli.main import main
 from tests.test_obj_datasets import digit_image
 
 TASKS = {"figure question answering": 30, "math word problem": 20, "geometry problem solving": 10}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search.cli import main
+from search.cli.main import main
 from tests.test_obj_datasets import write_mathvision, write_mathvista
 
 # index -> (prediction, hand-graded correctness) for tests.test_obj_datasets.mathvista_rows()

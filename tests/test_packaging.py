@@ -33,7 +33,7 @@ def test_wheel_ships_the_study_files_and_the_demo_finds_them(tmp_path):
         timeout=300,
     )
     probe = (
-        "import search.demo as d, search.spec as s; "
+        "import search.cli.demo as d, search.study.spec as s; "
         "spec = s.load_spec(d.TOY_STUDY); print(d.TOY_STUDY); print(spec.name, spec.pruner.name)"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}  # ahead of the editable install of this checkout

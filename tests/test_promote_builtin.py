@@ -18,9 +18,9 @@ from merge_core import Recipe
 from objectives.answers import judge
 from objectives.datasets import load_dataset
 from objectives.full_eval import BUILTIN_LABEL
-from search.promote import promote_study
-from search.spec import load_spec
-from search.trials import trial_attr
+from search.results.promote import promote_study
+from search.study.spec import load_spec
+from search.study.trials import trial_attr
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

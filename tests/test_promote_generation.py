@@ -1,7 +1,7 @@
 """Promotion's built-in backend decodes with every generation setting the proxy decoded with.
 
 Two checks: (1) plumbing — a study that sets every ``[objectives.generation]`` field to a value that is no
-default; the backend built from the study (``search.promote.study_defaults``) resolves the same
+default; the backend built from the study (``search.results.promote.study_defaults``) resolves the same
 ``GenerationConfig`` as the proxy's worker, each field equals the value written in the study here, and the
 model's ``generate`` receives them (a recording wrapper around the real tiny model's ``generate``);
 (2) a real tiny model: a setting that changes the proxy's responses changes the promoted responses the same
@@ -23,8 +23,8 @@ from objectives.datasets import load_dataset
 from objectives.full_eval.builtin import BuiltinBackend
 from objectives.generation import RowRepetitionPenalty, StopStringsCriteria
 from objectives.tsv import write_tsv
-from search.promote import make_backend, study_defaults
-from search.spec import spec_from_dict
+from search.results.promote import make_backend, study_defaults
+from search.study.spec import spec_from_dict
 from tests.test_obj_datasets import mathvision_rows
 from tests.tiny.models import build_trio
 from tests.tiny.vlm_processing import add_processor
@@ -62,7 +62,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _worker(trio: Any, data: Path, spec: Any) -> Any:
-    from search.worker import TrialWorker, WorkerConfig
+    from search.engine.worker import TrialWorker, WorkerConfig
 
     obj = spec.objectives
     return TrialWorker(

@@ -19,10 +19,10 @@ from safetensors import safe_open
 from merge_core import Recipe
 from merge_core.errors import MergesearchError
 from objectives.full_eval.errors import DatasetFileError
-from search.cli import main as cli_main
-from search.promote import PromotionError, is_complete_checkpoint, promote_study, select_trials
-from search.spec import load_spec
-from search.trials import trial_attr
+from search.cli.main import main as cli_main
+from search.results.promote import PromotionError, is_complete_checkpoint, promote_study, select_trials
+from search.study.spec import load_spec
+from search.study.trials import trial_attr
 from tests.test_promote_vlmeval import _expected, make_fake_vlmeval, write_tsv
 from tests.tiny.models import build_trio
 

@@ -115,7 +115,7 @@ def test_two_coordinators_on_a_ray_cluster_with_postgres(tmp_path, toy_world_ci,
     cmd = [
         sys.executable,
         "-m",
-        "search.cli",
+        "search.cli.main",
         "run",
         str(path),
         "--ray-address",

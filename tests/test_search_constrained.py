@@ -5,11 +5,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search.constrained import constraint_values
-from search.constraint_tracker import ConstraintTracker
-from search.objective_values import objective_values
-from search.spec import StudySpecError, spec_from_dict
-from search.trials import ranked_trials, trial_attr
+from search.engine.constraint_tracker import ConstraintTracker
+from search.study.constrained import constraint_values
+from search.study.objective_values import objective_values
+from search.study.spec import StudySpecError, spec_from_dict
+from search.study.trials import ranked_trials, trial_attr
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 DS = ("MathVista_PROXY200", "MathVision_PROXY200")
@@ -109,7 +109,7 @@ def test_constraints_reach_optuna_at_the_tell_and_rank_infeasible_last():
 def test_the_7b_study_files_carry_the_constrained_mode_commented_and_it_parses(tmp_path):
     from pathlib import Path
 
-    from search.spec import load_spec
+    from search.study.spec import load_spec
 
     for name in ("qwen25vl7b_qwen25math7b.toml", "llava_next_llama3_8b_dartmath.toml"):
         text = (Path(__file__).parent.parent / "studies" / name).read_text()

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from objectives.toy.fingerprint import weights_fingerprint
-from search.demo import run_demo
+from search.cli.demo import run_demo
 
 
 def test_demo_prints_best_baseline_and_best_searched_recipe(toy_world_ci, tmp_path):
@@ -77,7 +77,7 @@ def _study():
 
 
 def _lines(study) -> tuple[str, str]:
-    from search.demo_summary import best_lines
+    from search.cli.demo_summary import best_lines
 
     base, searched = best_lines(study)
     assert base.startswith("best baseline:") and searched.startswith("best found by the search:")
@@ -152,6 +152,6 @@ def test_reference_missing_or_best_baseline_itself():
     base, searched = _lines(s)
     assert base.endswith("trial 1 (llm_lm_in_vlm): proxy 0.4000") and searched.endswith("proxy 0.3500")
     # several objectives: no single "best" to print
-    from search.demo_summary import best_lines
+    from search.cli.demo_summary import best_lines
 
     assert best_lines(optuna.create_study(directions=["maximize", "maximize"])) == []

@@ -10,14 +10,14 @@ from rich.console import Console
 
 import merge_core.devices as devices
 import merge_core.memory_plan as mp
-import search.resolve
+import search.study.resolve
 from merge_core.memory_plan import MemoryPlanError
-from search.cli import main as cli_main
-from search.coordinator import WorkerStartError
-from search.resolve import Resolved
+from search.cli.main import main as cli_main
+from search.engine.coordinator import WorkerStartError
+from search.engine.worker_pool import placement, worker_config
 from search.run import plan_sources
-from search.spec import StudySpecError, merge_components, spec_from_dict
-from search.worker_pool import placement, worker_config
+from search.study.resolve import Resolved
+from search.study.spec import StudySpecError, merge_components, spec_from_dict
 from tests.tiny.models import cached_trio
 
 
@@ -73,7 +73,7 @@ def nothing_resolved(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("resolve ran: models or data would have been touched")
 
-    monkeypatch.setattr(search.resolve, "resolve", fail)
+    monkeypatch.setattr(search.study.resolve, "resolve", fail)
 
 
 def test_cli_cuda_on_a_cpu_host_exits_2_before_anything(study_file, nothing_resolved, monkeypatch, capsys):
@@ -95,8 +95,8 @@ def test_cli_more_workers_than_gpus_exits_2_before_anything(
 
 
 def test_cli_sources_flag(study_file, monkeypatch):
-    from search.cli import build_parser
-    from search.cli_study import _load
+    from search.cli.main import build_parser
+    from search.cli.study import _load
 
     args = build_parser().parse_args(["run", str(study_file("cpu", 1)), "--sources", "host"])
     assert _load(args).models.sources == "host"

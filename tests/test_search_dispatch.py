@@ -2,7 +2,7 @@
 
 A worker holds at most ``PIPELINE`` calls; the next step is queued before the previous result where no
 pruning decision can come between them, or, at successive halving's rungs, on condition of the verdict the
-worker reaches itself (search.gate: the stand-in runs the worker's own ``GateBook``), so a pruned trial
+worker reaches itself (search.engine.gate: the stand-in runs the worker's own ``GateBook``), so a pruned trial
 never runs a step it did not need.
 """
 
@@ -14,11 +14,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.coordinator import Coordinator, Slot
-from search.gate import GateBook
-from search.recipe_cache import cache_key
-from search.resolve import Resolved
-from search.spec import spec_from_dict
+from search.engine.coordinator import Coordinator, Slot
+from search.engine.gate import GateBook
+from search.engine.recipe_cache import cache_key
+from search.study.resolve import Resolved
+from search.study.spec import spec_from_dict
 
 RES = Resolved("/m/vlm", "/m/llm", "/m/base", ("A", "B"), None)
 STEPS = 4
@@ -29,7 +29,7 @@ class _RunStep:
         self.calls, self.numbers = calls, numbers
         self.sent: dict[str, tuple] = {}  # ref → (recipe id, step, gate, when), for a stand-in ray.get
         self.ran: list[tuple[int, int]] = []  # (trial number, step) of the calls that ran, in order
-        self.book = GateBook()  # the worker's side of search.gate, as TrialWorker keeps it
+        self.book = GateBook()  # the worker's side of search.engine.gate, as TrialWorker keeps it
 
     def remote(self, recipe: dict, recipe_id: str, k: int, gate=None, when=None) -> str:
         self.calls.append((self.numbers[recipe_id], k))
@@ -158,7 +158,7 @@ def test_pruning_points_wait_for_the_decision_and_waste_no_step(tmp_path):
     "pruner",
     [
         {"name": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 1}},
-        # decided on the worker (search.gate): the gate records the rung value and lets the baseline on
+        # decided on the worker (search.engine.gate): the gate records the rung value and lets the baseline on
         {"name": "successive_halving", "options": {"min_resource": 1, "reduction_factor": 3}},
     ],
     ids=["median", "gate"],
@@ -216,7 +216,7 @@ def test_a_trial_that_raises_fails_and_its_queued_step_is_dropped(tmp_path):
 )
 def test_decisions_from_the_view_equal_optunas_own(make):
     """Twin studies see the same 200 random trials: one decides with trial.should_prune, the other with
-    search.prune_view (writes flushed after each decision, as the coordinator does); every verdict and
+    search.engine.prune_view (writes flushed after each decision, as the coordinator does); every verdict and
     every stored rung record must agree."""
     _twin_studies_agree(make, refresh=True)
 
@@ -239,7 +239,7 @@ def test_successive_halving_needs_no_fresh_read_of_the_coordinators_own_trials(m
 def _twin_studies_agree(make, refresh: bool) -> None:
     import random
 
-    from search.prune_view import StudyView, local_decision
+    from search.engine.prune_view import StudyView, local_decision
 
     rng = random.Random(0)
     ref = optuna.create_study(direction="maximize", pruner=make())
@@ -366,7 +366,7 @@ def _replay_verdicts(trials: list, make_pruner) -> list[int | None]:
 
 
 def test_at_a_rung_the_worker_decides_and_its_next_call_is_already_queued(tmp_path):
-    """Successive halving's gate (search.gate): behind a rung step the worker holds the trial's next step
+    """Successive halving's gate (search.engine.gate): behind a rung step the worker holds the trial's next step
     (runs if it goes on) and the next trial's first step (runs if it stops), so it never waits for the
     coordinator; with one worker every verdict is the one Optuna's ``should_prune`` gives."""
     pruner = {"name": "successive_halving", "options": {"min_resource": 1, "reduction_factor": 3}}

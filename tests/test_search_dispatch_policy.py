@@ -1,6 +1,6 @@
-"""search.dispatch: the pure dispatch policy, with plain stand-in trials (no Ray, no Optuna, no store).
+"""search.engine.dispatch: the pure dispatch policy, with plain stand-in trials (no Ray, no Optuna, no store).
 
-Each test states the rule from search/dispatch.py's docstring and the calls it implies, worked out by hand
+Each test states the rule from search/engine/dispatch.py's docstring and the calls it implies, worked out by hand
 for the given step plan and pruning points, then checks what ``DispatchPolicy.top_up`` queues.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from search.dispatch import PIPELINE, DispatchPolicy, RunningTrial, Slot
-from search.gate import When
+from search.engine.dispatch import PIPELINE, DispatchPolicy, RunningTrial, Slot
+from search.engine.gate import When
 
 
 def _trial(n: int, baseline: str | None = None) -> RunningTrial:
@@ -54,11 +54,11 @@ def _ran(slot: Slot) -> RunningTrial:
 
 def test_the_policy_module_needs_neither_ray_nor_optuna():
     # imported in this process by other tests perhaps; what matters is that dispatch does not import them
-    import search.dispatch as d
+    import search.engine.dispatch as d
 
     src = open(d.__file__, encoding="utf-8").read()
     assert "import ray" not in src and "import optuna" not in src and "from optuna" not in src
-    assert "search.dispatch" in sys.modules
+    assert "search.engine.dispatch" in sys.modules
 
 
 def test_without_pruning_points_the_pipeline_fills_and_the_next_trial_queues_behind_the_last_step():

@@ -11,9 +11,9 @@ import pytest
 from merge_core import Recipe
 from objectives.generation import GenerationConfig
 from objectives.tsv import write_tsv
-from search.cli import main as cli_main
-from search.export import export_recipe, provenance_path
-from search.spec import StudySpecError, spec_from_dict
+from search.cli.main import main as cli_main
+from search.results.export import export_recipe, provenance_path
+from search.study.spec import StudySpecError, spec_from_dict
 from tests.test_obj_datasets import mathvision_rows
 from tests.tiny.models import build_trio
 from tests.tiny.vlm_processing import add_processor
@@ -78,7 +78,7 @@ def test_both_max_new_tokens_is_an_error_and_the_cli_exits_2(tmp_path: Path, cap
 
 
 def test_worker_resolves_for_its_family_and_reports_it(tmp_path: Path) -> None:
-    from search.worker import TrialWorker, WorkerConfig
+    from search.engine.worker import TrialWorker, WorkerConfig
 
     trio = build_trio("qwen2_vl", tmp_path / "trio", seed=5)
     add_processor(trio.vlm)

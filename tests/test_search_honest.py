@@ -18,14 +18,14 @@ import numpy as np
 import optuna
 import pytest
 
-from search import report_evidence as rv
-from search.cli import main as cli_main
-from search.evidence import StudyEvidence
-from search.evidence_text import headline
+from search.cli.main import main as cli_main
+from search.results import report_evidence as rv
+from search.results.evidence import StudyEvidence
+from search.results.evidence_text import headline
 from search.run import run_study
-from search.spec import load_spec
-from search.storage import open_study
-from search.trials import trial_attr
+from search.study.spec import load_spec
+from search.study.storage import open_study
+from search.study.trials import trial_attr
 from tests.conftest import require
 from tests.test_search_run import shared_ray, write_study  # noqa: F401  (fixture)
 
@@ -215,7 +215,7 @@ def test_report_shows_intervals_and_renders_in_headless_chromium(promoted_study,
 
 def _synthetic_study(tmp_path: Path, gain_items: int, n: int = NOISY):
     """Baseline + one recipe on n items of two datasets; the recipe turns ``gain_items`` wrong items right."""
-    from search.spec import spec_from_dict
+    from search.study.spec import spec_from_dict
 
     spec = spec_from_dict(
         {

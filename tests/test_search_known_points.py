@@ -12,13 +12,13 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from merge_core import Recipe
-from search.baseline_points import OUTSIDE_ATTR
-from search.coordinator import Coordinator
-from search.known_points import status_lines
-from search.recipe_cache import cache_key
-from search.resolve import Resolved
-from search.spec import StudySpecError, spec_from_dict
-from search.trials import ranked_trials
+from search.engine.coordinator import Coordinator
+from search.engine.recipe_cache import cache_key
+from search.study.baseline_points import OUTSIDE_ATTR
+from search.study.known_points import status_lines
+from search.study.resolve import Resolved
+from search.study.spec import StudySpecError, spec_from_dict
+from search.study.trials import ranked_trials
 
 RES = Resolved("/m/vlm", "/m/llm", "/m/base", ("A", "B"), None)
 SPACE = {
@@ -190,7 +190,7 @@ def test_warm_start_spec_errors(tmp_path):
         _spec(tmp_path, warm_start=[{"storage": "sqlite:///x.db"}])
     with pytest.raises(StudySpecError, match=r"warm_start\[0\].storage"):
         _spec(tmp_path, warm_start=[{"storage": "x.db", "study": "a"}])
-    from search.warm_start import WarmStartError
+    from search.study.warm_start import WarmStartError
 
     spec = _spec(tmp_path, warm_start=[{"storage": f"sqlite:///{tmp_path}/none.db", "study": "nope"}])
     with pytest.raises(WarmStartError, match="no study 'nope'"):

@@ -1,4 +1,4 @@
-"""search.optuna_private: the one place that touches Optuna's private members, pinned to an Optuna range.
+"""search.study.optuna_private: the one place that touches Optuna's private members, pinned to an Optuna range.
 
 Fails when the installed Optuna leaves that range (read the Optuna source behind each function of the
 module before widening it), when pyproject.toml asks for another range, and when any other module of the
@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.optuna_private import OPTUNA_RANGE, version_supported
+from search.study.optuna_private import OPTUNA_RANGE, version_supported
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_installed_optuna_is_in_the_pinned_range():
     assert version_supported(optuna.__version__), (
         f"Optuna {optuna.__version__} is outside {OPTUNA_RANGE}: check every function of "
-        "search/optuna_private.py against its source, then widen the range there and in pyproject.toml"
+        "search/study/optuna_private.py against its source, then widen the range there and in pyproject.toml"
     )
 
 
@@ -71,7 +71,7 @@ def test_no_module_but_optuna_private_reaches_optunas_private_members():
                 code = line.split("#", 1)[0]
                 if PRIVATE.search(code):
                     offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
-    assert not offenders, "use search.optuna_private instead:\n" + "\n".join(offenders)
+    assert not offenders, "use search.study.optuna_private instead:\n" + "\n".join(offenders)
 
 
 def test_the_pattern_finds_what_it_looks_for():

@@ -1,4 +1,4 @@
-"""search.pruners: ``may_prune`` against Optuna's own ``prune``, and ``make_pruner``'s defaults and options."""
+"""search.study.pruners: ``may_prune`` against Optuna's own ``prune``, and ``make_pruner``'s defaults and options."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from search.pruners import make_pruner, may_prune
-from search.spec import StudySpecError, spec_from_dict
+from search.study.pruners import make_pruner, may_prune
+from search.study.spec import StudySpecError, spec_from_dict
 
 N_STEPS = 8
 
@@ -180,7 +180,7 @@ def test_may_prune_agrees_with_successive_halving(kw):
 
 
 def test_reports_step_writes_what_a_later_decision_reads():
-    from search.pruners import reports_step
+    from search.study.pruners import reports_step
 
     sha = make_pruner(_spec({"name": "successive_halving"}), n_steps=8)
     assert [s for s in range(1, 8) if reports_step(sha, s, 5)] == [2, 6]  # its rungs only
@@ -192,8 +192,8 @@ def test_reports_step_writes_what_a_later_decision_reads():
 def test_wilcoxon_pruner_choice_and_per_item_reports(tmp_path):
     """``[pruner] name = "wilcoxon"``: Optuna's WilcoxonPruner; the coordinator reports every item of the
     steps done at its index (weighted correctness), and the pruner pairs them with the best trial's."""
-    from search.coordinator import Coordinator
-    from search.resolve import Resolved
+    from search.engine.coordinator import Coordinator
+    from search.study.resolve import Resolved
 
     w = make_pruner(_spec({"name": "wilcoxon", "options": {"p_threshold": 0.05}}), n_steps=4)
     assert type(w) is optuna.pruners.WilcoxonPruner and w._p_threshold == 0.05

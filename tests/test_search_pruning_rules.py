@@ -1,4 +1,4 @@
-"""search.pruners' own rules against Optuna's pruners of the same arguments, on identical random histories.
+"""search.study.pruners' own rules against Optuna's pruners of the same arguments, on identical random histories.
 
 The reference is Optuna itself, through its public API: a study with the pruner, trials asked, reported and
 told, ``trial.should_prune()`` after each report, and the rung records Optuna stores. Our rules see only what
@@ -15,15 +15,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.optuna_private import pruner_arguments
-from search.pruners import (
+from search.study.optuna_private import pruner_arguments
+from search.study.pruners import (
     RUNG_PREFIX,
     PercentileRule,
     SuccessiveHalvingRule,
     make_pruner,
     rule_of,
 )
-from search.spec import spec_from_dict
+from search.study.spec import spec_from_dict
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -190,9 +190,9 @@ def test_the_rule_make_pruner_records_is_the_one_optuna_holds(pruner):
 
 def test_auto_min_resource_in_the_view_equals_optuna():
     """``min_resource = "auto"``: no decision until a trial completes, then rungs from its last step; the
-    coordinator's view (search.prune_view) gives Optuna's verdicts and rung records."""
-    from search.optuna_private import trial_id
-    from search.prune_view import StudyView
+    coordinator's view (search.engine.prune_view) gives Optuna's verdicts and rung records."""
+    from search.engine.prune_view import StudyView
+    from search.study.optuna_private import trial_id
 
     rng = random.Random(5)
     ref = optuna.create_study(direction="maximize", pruner=optuna.pruners.SuccessiveHalvingPruner())

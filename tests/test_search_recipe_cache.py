@@ -1,4 +1,4 @@
-"""The recipe cache reuses a score only where it was scored the same way (search.recipe_cache).
+"""The recipe cache reuses a score only where it was scored the same way (search.engine.recipe_cache).
 
 Two halves of one chain: a worker's scoring key changes when the study's generation settings or the proxy
 items change (and only then: two workers with the same settings agree), and a resumed coordinator whose
@@ -15,10 +15,10 @@ import pytest
 from optuna.trial import TrialState
 
 from objectives.tsv import write_tsv
-from search.coordinator import Coordinator
-from search.recipe_cache import cache_key, scoring_key, stale_note, trial_cache_key
-from search.resolve import Resolved
-from search.spec import spec_from_dict
+from search.engine.coordinator import Coordinator
+from search.engine.recipe_cache import cache_key, scoring_key, stale_note, trial_cache_key
+from search.study.resolve import Resolved
+from search.study.spec import spec_from_dict
 from tests.test_obj_datasets import mathvision_rows
 from tests.tiny.models import build_trio
 from tests.tiny.vlm_processing import add_processor
@@ -108,7 +108,7 @@ def trio(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def test_workers_key_follows_generation_settings_and_items(trio: Any, tmp_path: Path) -> None:
-    from search.worker import TrialWorker, WorkerConfig
+    from search.engine.worker import TrialWorker, WorkerConfig
 
     data = write_tsv(mathvision_rows(), tmp_path / "MathVision_K.tsv")
     edited_rows = mathvision_rows()

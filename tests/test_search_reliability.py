@@ -27,7 +27,7 @@ def _env() -> dict[str, str]:
 
 
 def _cmd(path: Path) -> list[str]:
-    return [sys.executable, "-m", "search.cli", "run", str(path), "--no-live", "--no-promote"]
+    return [sys.executable, "-m", "search.cli.main", "run", str(path), "--no-live", "--no-promote"]
 
 
 _STORES: dict[str, optuna.storages.RDBStorage] = {}

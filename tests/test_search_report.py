@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 def test_report_draws_intermediate_values_only_where_they_are_stored():
     import optuna.visualization as vis
 
-    from search.report import _intermediate_values
+    from search.results.report import _intermediate_values
 
     study = optuna.create_study(direction="maximize")
     t = study.ask()
@@ -28,7 +28,7 @@ def test_recipe_cells_read_the_method_registry() -> None:
     """The report's recipe cells follow each method's declaration: the linear family shows its one LLM
     weight, a task-vector method its two weights, and a method's own fields appear beside its name."""
     from merge_core.methods.registry import registry
-    from search.report_evidence import recipe_cells
+    from search.results.report_evidence import recipe_cells
 
     for name, mdef in registry().items():
         fields = {p.name: (p.default if p.default is not None else 0.25) for p in mdef.params}

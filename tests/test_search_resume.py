@@ -12,10 +12,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.coordinator import Coordinator, objective_values, running_scores
-from search.recipe_cache import cache_key
-from search.resolve import Resolved
-from search.spec import spec_from_dict
+from search.engine.coordinator import Coordinator, objective_values, running_scores
+from search.engine.recipe_cache import cache_key
+from search.study.resolve import Resolved
+from search.study.spec import spec_from_dict
 
 RES = Resolved("/m/vlm", "/m/llm", "/m/base", ("A", "B"), None)
 
@@ -201,7 +201,7 @@ def test_same_recipe_is_not_scored_twice(tmp_path):
 def test_progress_panel_shows_counts_best_rate_and_eta():
     from rich.console import Console
 
-    from search.progress import ProgressView, Tally
+    from search.engine.progress import ProgressView, Tally
 
     t = Tally(
         complete=6,

@@ -14,11 +14,11 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search.cli import main as cli_main
+from search.cli.main import main as cli_main
 from search.run import run_study
-from search.spec import load_spec
-from search.storage import open_study
-from search.trials import baseline_trials, ranked_trials
+from search.study.spec import load_spec
+from search.study.storage import open_study
+from search.study.trials import baseline_trials, ranked_trials
 from tests.conftest import require
 
 LIMIT, CHUNK, TOKENS = 12, 6, 24
@@ -336,7 +336,7 @@ def test_dashboard_serves_the_study(toy_study, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "dashboard", str(spec.path), "--port", str(port)],
+        [sys.executable, "-m", "search.cli.main", "dashboard", str(spec.path), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

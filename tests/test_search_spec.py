@@ -12,10 +12,10 @@ import optuna
 import pytest
 
 from merge_core import Recipe
-from search.export import ExportError, mergekit_config
-from search.space import SearchSpace
-from search.spec import StudySpecError, load_spec, spec_from_dict
-from search.storage import StorageError, check_storage_url, mask_url, open_study
+from search.results.export import ExportError, mergekit_config
+from search.study.space import SearchSpace
+from search.study.spec import StudySpecError, load_spec, spec_from_dict
+from search.study.storage import StorageError, check_storage_url, mask_url, open_study
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"vlm": "/m/vlm", "llm": "/m/llm", "base": "/m/base"}
@@ -113,7 +113,7 @@ def test_cli_invalid_study_exit_2(tmp_path):
         '[space]\nmethods = ["slerp"]\n'
     )
     r = subprocess.run(
-        [sys.executable, "-m", "search.cli", "run", str(p)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "search.cli.main", "run", str(p)], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 2
     assert "space.methods" in r.stderr and "slerp" in r.stderr
@@ -182,7 +182,7 @@ def test_grid_space_and_cmaes_refusal():
     space = SearchSpace(spec, MODELS)
     assert space.grid() == {"vlm_weight": [0.0, 0.5, 1.0], "llm_weight": [0.5, 0.75, 1.0]}
     assert space.grid_size() == 9
-    from search.samplers import make_sampler
+    from search.study.samplers import make_sampler
 
     study = optuna.create_study(sampler=make_sampler(spec), direction="maximize")
     cells = set()
@@ -195,8 +195,8 @@ def test_grid_space_and_cmaes_refusal():
 
 
 def test_samplers_and_pruners_build():
-    from search.pruners import make_pruner
-    from search.samplers import make_sampler
+    from search.study.pruners import make_pruner
+    from search.study.samplers import make_sampler
 
     kinds = {
         "tpe": optuna.samplers.TPESampler,
@@ -249,7 +249,7 @@ def test_one_read_per_suggestion_leaves_tpe_suggestions_unchanged(tmp_path):
     """Twin SQLite studies with the study's TPE (multivariate, group, constant liar) and three trials
     always running: the suggestions made inside ``trials_read_once`` equal those made without it, trial
     for trial, while the store is read once per suggestion instead of several times."""
-    from search.storage import trials_read_once
+    from search.study.storage import trials_read_once
 
     space_of = {}
     studies, reads = [], []
@@ -343,7 +343,7 @@ def test_mergekit_export_ties_and_refusals():
 
 
 def test_export_json_roundtrip(tmp_path):
-    from search.export import export_recipe
+    from search.results.export import export_recipe
 
     r = {
         "vlm": "/v",

@@ -1,4 +1,4 @@
-"""``search.storage.write_trial_attrs`` against Optuna's own one-attribute-per-call writes, on each store
+"""``search.study.storage.write_trial_attrs`` against Optuna's own one-attribute-per-call writes, on each store
 the study can live in: SQLite, the real PostgreSQL (127.0.0.1:5432) and MariaDB (127.0.0.1:3306), and a
 storage that is not an RDB one (the per-attribute fallback). Service-backed cases skip without the server
 unless MERGESEARCH_REQUIRE_SERVICES=1."""
@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.exceptions import UpdateFinishedTrialError
 
-from search.storage import write_trial_attrs
+from search.study.storage import write_trial_attrs
 from tests.conftest import require
 
 SERVERS = {

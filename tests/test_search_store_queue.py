@@ -1,4 +1,4 @@
-"""search.store_queue: the one thread that runs a coordinator's storage calls, in submission order."""
+"""search.engine.store_queue: the one thread that runs a coordinator's storage calls, in submission order."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from search.store_queue import StoreQueue
+from search.engine.store_queue import StoreQueue
 
 
 def test_before_start_jobs_run_inline_and_raise_in_the_caller():

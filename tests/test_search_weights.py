@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from objectives.proxy import proxy_name
-from search.objective_values import dataset_weights, objective_values
-from search.spec import StudySpecError, load_spec, spec_from_dict
+from search.study.objective_values import dataset_weights, objective_values
+from search.study.spec import StudySpecError, load_spec, spec_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -184,7 +184,7 @@ def test_merge_through_merge_core_matches_reference(toy_world_ci):
 
 
 def test_cli_builds_into_out_dir(tmp_path, capsys):
-    from search.cli import main
+    from search.cli.main import main
 
     assert (
         main(["toy", "build", "--out", str(tmp_path / "w"), "--size", "smoke", "--seed", "1", "--quiet"]) == 0

@@ -1,4 +1,4 @@
-"""VLMEvalKit promotions leave per-item records (its predictions re-scored by our rules) that search.evidence
+"""VLMEvalKit promotions leave per-item records (its predictions re-scored by our rules) that search.results.evidence
 reads: held-out items = full set less the proxy's, paired gains recomputed here from the fabricated answers.
 
 The stand-in VLMEvalKit of tests/test_promote_vlmeval.py answers item i right iff i % FAKE_MOD != 0 and
@@ -17,7 +17,7 @@ from transformers import Qwen2VLConfig
 from objectives.datasets import load_dataset
 from objectives.full_eval import get_backend
 from objectives.proxy import load_manifest, make_proxy
-from search.evidence import compare, held_out, read_full_outcomes
+from search.results.evidence import compare, held_out, read_full_outcomes
 from tests.test_promote_vlmeval import make_fake_vlmeval, save_config
 
 

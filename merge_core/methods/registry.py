@@ -4,7 +4,7 @@ A method module of this package exports ``METHODS: tuple[MethodDef, ...]``; :fun
 module of the package on first use and collects them.  Everything that needs to know the methods reads it:
 :meth:`merge_core.recipe.Recipe.from_dict` (which fields apply, their ranges and defaults), the merge
 dispatch (:func:`merge_core.methods.merge_tensor`), the study-file validation, the search space and grid
-(``search.spec`` / ``search.space``) and the mergekit export (``search.export``).  Modelled on mergekit's
+(``search.study.spec`` / ``search.study.space``) and the mergekit export (``search.results.export``).  Modelled on mergekit's
 ``ConfigParameterDef`` + method registry, as plain frozen dataclasses.
 
 Discovery is lazy because the method modules import :mod:`merge_core.plan`, which imports the recipe.

@@ -42,7 +42,7 @@ class BuiltinBackend:
 
     ``data_root``: folder of the TSVs ($LMUData by default); ``chunk_size`` / ``batch_size`` /
     ``max_new_tokens``: scorer and generation settings (None: the scorer's defaults, 8 rows and 512 tokens);
-    ``generation``: the study's ``[objectives.generation]`` table (``search.spec_generation``; None: the
+    ``generation``: the study's ``[objectives.generation]`` table (``search.study.spec_generation``; None: the
     preset "none" with ``max_new_tokens``); ``device``, ``dtype``: where and how the checkpoint is loaded.
     """
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from search.run import run_study
-from search.spec import load_spec
-from search.storage import open_study
+from search.study.spec import load_spec
+from search.study.storage import open_study
 from tests.vllm.world import build_world
 
 BASELINES = """

@@ -5,7 +5,7 @@ VLMEvalKit writes one predictions file per (model, dataset), ``<model>_<dataset>
 predictions file is graded by :func:`objectives.scorer.score_responses` (the builtin backend's rules, no
 judge) and written to ``<work_dir>/records.jsonl`` in the builtin backend's format (one line
 ``{"chunk": "<dataset>:vlmeval-predictions", "records": [ItemRecord...]}`` per dataset), which
-:mod:`search.evidence` reads for held-out scores and paired gains. So those per-item outcomes are
+:mod:`search.results.evidence` reads for held-out scores and paired gains. So those per-item outcomes are
 rule-based: VLMEvalKit's own (judge) overall stays the backend's reported score.
 """
 

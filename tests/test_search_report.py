@@ -55,3 +55,12 @@ def test_recipe_cells_read_the_method_registry() -> None:
     assert recipe_cells({"method": "della", "vlm_weight": 1.0, "llm_weight": 0.5, "epsilon": 0.1})[
         "method"
     ] == ("della (epsilon 0.1)")
+
+
+def test_html_table_escapes_every_cell_and_keeps_the_row_order() -> None:
+    from search.results.evidence_text import html_table
+
+    page = html_table("trials", ["#", "a<b"], [["1", "<script>"], ["2", "x & y"]])
+    assert page.startswith("<table class='trials'><thead><tr><th>#</th><th>a&lt;b</th></tr></thead><tbody>")
+    assert "<tr><td>1</td><td>&lt;script&gt;</td></tr><tr><td>2</td><td>x &amp; y</td></tr>" in page
+    assert "<script>" not in page

@@ -3,12 +3,20 @@ paired gains, the proxy and held-out rankings side by side, and the promotion ta
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING, Any
 
 from search.results.evidence import VLM_ALONE, StudyEvidence
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
+
+def html_table(css_class: str, head: list[str], cells: list[list[str]]) -> str:
+    """An HTML table with header ``head`` and one row per entry of ``cells``; every cell is escaped."""
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
+    heads = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return f"<table class='{css_class}'><thead><tr>{heads}</tr></thead><tbody>{rows}</tbody></table>"
+
 
 WHERE = {"proxy": "proxy", "full": "full sets", "held_out": "held-out items"}
 

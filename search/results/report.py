@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from merge_core.atomic import write_text_atomic
 from search.results.evidence import StudyEvidence
-from search.results.evidence_text import fmt_scores
+from search.results.evidence_text import fmt_scores, html_table
 from search.study.known_points import report_html  # baselines the sampler learns from; warm starts
 from search.study.trials import complete_trials, counts_by_state, ranked_trials, trial_attr
 
@@ -133,7 +133,7 @@ def _trial_rows(study: optuna.Study, ev: StudyEvidence) -> str:
         if constrained:  # judged on the proxy against the named baseline (search.study.constrained)
             f = ev.feasible(t, "proxy") if t.state.name in ("COMPLETE", "PRUNED") else None
             cells.append("-" if f is None else "feasible" if f else "INFEASIBLE")
-        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        rows.append(cells)
     head = [
         "#",
         "state",
@@ -147,13 +147,7 @@ def _trial_rows(study: optuna.Study, ev: StudyEvidence) -> str:
         "fail reason",
         "full eval",
     ] + (["constraints"] if constrained else [])
-    return (
-        "<table class='trials'><thead><tr>"
-        + "".join(f"<th>{h}</th>" for h in head)
-        + "</tr></thead><tbody>"
-        + "".join(rows)
-        + "</tbody></table>"
-    )
+    return html_table("trials", head, rows)
 
 
 def render_report(study: optuna.Study, *, title: str | None = None, spec: StudySpec | None = None) -> str:

@@ -18,7 +18,7 @@ import html
 from typing import TYPE_CHECKING, Any
 
 from search.results.evidence import StudyEvidence
-from search.results.evidence_text import WHERE, fmt_gain, fmt_scores, headline, label
+from search.results.evidence_text import WHERE, fmt_gain, fmt_scores, headline, html_table, label
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -98,13 +98,9 @@ def recipes_table(ev: StudyEvidence, trials: list[FrozenTrial]) -> str:
         cells = [label(t), c["method"], c["weights"], c["density"], c["components"], c["schedule"]]
         cells += [fmt_scores(ev, t, "proxy"), fmt_scores(ev, t, "held_out") or "not promoted"]
         cells += [fmt_gain(ev, t, vlm, "proxy") if vlm is not None else ""]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>")
+        rows.append(cells)
     return (
-        "<table class='trials recipes'><thead><tr>"
-        + "".join(f"<th>{h}</th>" for h in head)
-        + "</tr></thead><tbody>"
-        + "".join(rows)
-        + "</tbody></table><p class='small'>intervals: 95% (Wilson per dataset; bootstrap over items for "
+        html_table("trials recipes", head, rows) + "<p class='small'>intervals: 95% (Wilson per dataset; bootstrap over items for "
         "the weighted value; paired bootstrap for gains, * = beat at 95%, p = exact McNemar)</p>"
     )
 

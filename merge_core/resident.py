@@ -4,8 +4,8 @@
 transformers 5 would need accelerate) and moves it to ``device``.  Its merge sources — the pristine copy of
 every language-model tensor the search can touch plus the LLM's (and base's) partners — live in one of two
 tiers (:mod:`merge_core.memory_plan`): ``device`` keeps them on the device in the model's dtype; ``host``
-streams them from the safetensors files at every ``apply`` (:mod:`merge_core.sources`); ``auto`` picks from
-the device's free memory.  The plan is printed and checked before anything is loaded.
+takes them from the safetensors files, through the page cache, at every ``apply``
+(:mod:`merge_core.sources`); ``auto`` picks from the device's free memory.  The plan is printed and checked before anything is loaded.
 
 ``apply(recipe)`` walks the same :class:`~merge_core.plan.Plan` as the streamed merge and calls the same
 method functions with the live parameter as ``out`` — a linear merge is one ``torch.lerp(..., out=param)``
@@ -158,8 +158,8 @@ class ResidentMerger:
             self._readers = {"vlm": SourceReader(self.files_vlm), "llm": SourceReader(self.files_llm)}
             if self.files_base is not None:
                 self._readers["base"] = SourceReader(self.files_base)
-            self._stager = Stager(self.device, pool_bytes=self.memory_plan.buffers)
-            keep_freed_memory()  # each apply allocates its sources again: reuse the last one's pages
+            self._stager = Stager(self.device)
+            keep_freed_memory()  # sources cast to the model dtype are allocated at every apply: reuse pages
         self._dirty: set[str] = set()
         self._plans = PlanCache(
             self.tmap, self.dtype, {"vlm": self.files_vlm, "llm": self.files_llm, "base": self.files_base},

@@ -1,59 +1,94 @@
 """Streaming merge sources from the safetensors files to the device, overlapping the copy with the merge.
 
-The host tier of :class:`~merge_core.resident.ResidentMerger` keeps no source tensor: each ``apply`` reads
-the ones its plan needs.  :func:`read_tensor` reads a stored tensor with positional reads (``os.preadv``)
-through the page cache — shared by every worker on the host, and unlike an ``mmap`` never counted in a
-worker's resident set — into a fresh buffer (pinned where the device copies from host memory).
+The host tier of :class:`~merge_core.resident.ResidentMerger` keeps no source tensor: each ``apply`` takes
+the ones its plan needs from the files, through the page cache — shared by every worker on the host — in
+one of two ways:
 
-:class:`Stager` puts host tensors on the device.  With ``copy`` (every device but the CPU) it allocates the
-device tensor on the compute stream, issues the copy on a side stream after that stream has caught up with
-the compute stream (so a block the allocator hands out again is no longer read), and records an event the
-compute stream waits on before the merge; the calls go through ``torch.get_device_module`` (``torch.cuda``
-or ``torch.cpu``, whose streams and events are no-ops), so the CPU suite runs every line of it.  Without
-``copy`` (the CPU) the host buffer *is* the device tensor, cast when the model dtype differs.
+- the CPU (:class:`Stager` without ``copy``): :meth:`SourceReader.view` maps each shard once
+  (``mmap``, copy-on-write so that nothing can write the file) and hands out tensors that *are* the
+  page-cache pages, which the merge reads in place.  A read into a buffer first (``preadv``) moves every
+  byte once more: the whole apply measured 2.3-2.5x a pread of its bytes that way, 1.1x with the mapping
+  (benchmarks/resident_apply.py).  The mapped pages count in a worker's RSS but not as its own memory:
+  they are clean file pages, shared by every worker that maps them (PSS splits them) and reclaimable.
+- every other device (``copy``): :meth:`SourceReader.read` reads a tensor with positional reads into a
+  pinned buffer, which is copied to the device on a side stream.
 
-:func:`stream_jobs` runs the pipeline: a reader thread reads job i+2 while job i+1's copy is in flight and
-job i is merged — at most :data:`merge_core.memory_plan.STAGED_ENTRIES` jobs' tensors exist at once.
+:class:`Stager` puts host tensors on the device.  With ``copy`` it allocates the device tensor on the
+compute stream, issues the copy on a side stream after that stream has caught up with the compute stream
+(so a block the allocator hands out again is no longer read), and records an event the compute stream
+waits on before the merge; the calls go through ``torch.get_device_module`` (``torch.cuda`` or
+``torch.cpu``, whose streams and events are no-ops), so the CPU suite runs every line of it (tests set
+``copy=True`` on the CPU).  Without ``copy`` the mapped tensor *is* the device tensor, cast when the model
+dtype differs.
+
+:func:`stream_jobs` runs the pipeline: with ``copy``, a reader thread reads job i+2 while job i+1's copy is
+in flight and job i is merged — at most :data:`merge_core.memory_plan.STAGED_ENTRIES` jobs' tensors exist
+at once; without it, each job's views are made when it is merged (there is nothing to overlap).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
-import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from merge_core.io import ModelFiles, pread_tensor
+from merge_core.errors import ModelFilesError
+from merge_core.io import ST_DTYPES, ModelFiles, pread_tensor
 
 
 class SourceReader:
-    """Positional reads of one checkpoint's tensors (its own file descriptors, opened on first use)."""
+    """One checkpoint's tensors: positional reads (:meth:`read`) or views of the mapped shards
+    (:meth:`view`), each file opened or mapped on first use."""
 
     def __init__(self, files: ModelFiles) -> None:
         self.files = files
         self._fds: dict[Any, int] = {}
+        self._maps: dict[Path, mmap.mmap] = {}
 
-    def read(self, name: str, *, pin: bool = False, pool: BufferPool | None = None) -> torch.Tensor:
-        """Tensor ``name`` in a CPU buffer (pinned if ``pin``; from ``pool`` if given), its stored dtype
-        and shape."""
+    def read(self, name: str, *, pin: bool = False) -> torch.Tensor:
+        """Tensor ``name`` in a fresh CPU buffer (pinned if ``pin``), its stored dtype and shape."""
         spec = self.files.specs[name]
         file = self.files.where[name]
         fd = self._fds.get(file)
         if fd is None:
             fd = self._fds[file] = os.open(file, os.O_RDONLY)
-        buf = pool.take(spec.nbytes) if pool is not None else None
-        if buf is None:
-            buf = torch.empty(spec.nbytes, dtype=torch.uint8, pin_memory=pin)
+        buf = torch.empty(spec.nbytes, dtype=torch.uint8, pin_memory=pin)
         return pread_tensor(fd, file, name, spec, buf)
 
+    def view(self, name: str) -> torch.Tensor:
+        """Tensor ``name`` as a view of its mapped shard (the page-cache pages), its stored dtype and shape.
+
+        The same bits as :meth:`read`.  Writing it would copy the written pages (a private mapping), never
+        the file.  A tensor whose offset is not a multiple of its element size (no writer of safetensors
+        files makes one) is read instead.  ModelFilesError when the file ends inside the tensor."""
+        spec = self.files.specs[name]
+        dtype = ST_DTYPES[spec.dtype]
+        if spec.nbytes == 0 or spec.offset % dtype.itemsize:
+            return self.read(name)
+        file = self.files.where[name]
+        mm = self._maps.get(file)
+        if mm is None:
+            with open(file, "rb") as f:
+                mm = self._maps[file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        if spec.offset + spec.nbytes > len(mm):
+            raise ModelFilesError(
+                f"safetensors file {str(file)!r} ended inside tensor {name!r}; re-download it"
+            )
+        flat = torch.frombuffer(mm, dtype=torch.uint8, count=spec.nbytes, offset=spec.offset)
+        return flat.view(dtype).reshape(spec.shape)
+
     def close(self) -> None:
+        """Close the descriptors and drop the mappings (a mapping lives on while a view of it does)."""
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._maps.clear()
 
     def __del__(self) -> None:
         try:
@@ -62,44 +97,12 @@ class SourceReader:
             pass
 
 
-class BufferPool:
-    """Host buffers by size, reused from one apply to the next, holding at most ``limit`` bytes.
-
-    A fresh tensor-sized buffer faults its pages in again: reading a trial's sources into fresh buffers
-    took 1.5-1.8x the same reads into reused ones here.  Taken on the reader thread, given back on the
-    compute thread once a job is merged (a lock between them)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-        self._free: dict[int, list[torch.Tensor]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, nbytes: int) -> torch.Tensor | None:
-        """A free uint8 buffer of exactly ``nbytes``, or None."""
-        with self._lock:
-            free = self._free.get(nbytes)
-            if not free:
-                return None
-            self.held -= nbytes
-            return free.pop()
-
-    def give(self, t: torch.Tensor) -> None:
-        """Return a tensor read into a pool buffer (dropped when the pool is full)."""
-        buf = t.reshape(-1).view(torch.uint8)
-        with self._lock:
-            if self.held + buf.numel() <= self.limit:
-                self._free.setdefault(buf.numel(), []).append(buf)
-                self.held += buf.numel()
-
-
 class Stager:
     """Host tensors → device tensors of a given dtype (see the module docstring).
 
     ``copy`` / ``pin`` default to "the device is not the CPU"; tests set ``copy=True`` on the CPU to run
-    the side-stream path.  Without ``copy`` the host buffers are the tensors merged: they go back to a
-    :class:`BufferPool` of ``pool_bytes`` once merged.  With it, a buffer is free as soon as its copy is
-    done, which torch's pinned-memory caching allocator tracks itself (a pool here would not wait)."""
+    the side-stream path.  With ``copy`` a pinned buffer is free as soon as its copy is done, which torch's
+    pinned-memory caching allocator tracks itself."""
 
     def __init__(
         self,
@@ -107,7 +110,6 @@ class Stager:
         *,
         copy: bool | None = None,
         pin: bool | None = None,
-        pool_bytes: int = 0,
     ) -> None:
         self.device = device
         self.copy = device.type != "cpu" if copy is None else copy
@@ -116,7 +118,6 @@ class Stager:
         self.mod.set_device(device)  # a CUDA stream belongs to the current device
         self.main = self.mod.current_stream(device)
         self.side = self.mod.Stream() if self.copy else self.main
-        self.pool = None if self.copy else BufferPool(pool_bytes)
 
     def stage(
         self, hosts: Sequence[torch.Tensor | None], dtype: torch.dtype
@@ -137,13 +138,6 @@ class Stager:
         event = self.mod.Event()
         event.record(self.side)
         return out, event
-
-    def release(self, hosts: Sequence[torch.Tensor | None]) -> None:
-        """A job's host tensors are no longer used: their buffers go back to the pool (if any)."""
-        if self.pool is not None:
-            for h in hosts:
-                if h is not None:
-                    self.pool.give(h)
 
     def wait(self, event: Any) -> None:
         """Make the compute stream wait for a staged copy (nothing without ``copy``)."""
@@ -172,13 +166,19 @@ def stream_jobs(
 ) -> Iterator[tuple[Job, list[torch.Tensor | None]]]:
     """Yield each job with its tensors on the device, ready to use on the compute stream, in order.
 
-    Reads run on one reader thread, two jobs ahead of the merge; the copy of job i+1 is issued before job i
-    is yielded, so it overlaps job i's merge on the device."""
+    With ``copy``, reads run on one reader thread, two jobs ahead of the merge; the copy of job i+1 is
+    issued before job i is yielded, so it overlaps job i's merge on the device.  Without it the jobs'
+    tensors are views of the mapped files (:meth:`SourceReader.view`), made one job at a time."""
     if not jobs:
+        return
+    if not stager.copy:
+        for job in jobs:
+            views = [None if r is None else r[0].view(r[1]) for r in job.reads]
+            yield job, stager.stage(views, dtype)[0]
         return
 
     def read(job: Job) -> list[torch.Tensor | None]:
-        return [None if r is None else r[0].read(r[1], pin=stager.pin, pool=stager.pool) for r in job.reads]
+        return [None if r is None else r[0].read(r[1], pin=stager.pin) for r in job.reads]
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergesearch-reader") as pool:
         futures: dict[int, Future[list[torch.Tensor | None]]] = {0: pool.submit(read, jobs[0])}
@@ -196,7 +196,6 @@ def stream_jobs(
             tensors, event, hosts = staged
             stager.wait(event)
             yield job, tensors
-            del tensors
-            stager.release(hosts)
+            del tensors, hosts
             if nxt is not None:
                 staged = nxt

@@ -130,15 +130,16 @@ def child_merge(recipe_path: str, out: str) -> None:
     print(json.dumps({"import_s": t1 - t0, "merge_s": t2 - t1, "peak_rss": own_peak_rss()}))
 
 
-# the `mergesearch` console script's body, printing the process's own peak RSS when it exits
+# the `mergesearch` console script's body (search.cli.main:run), printing the process's own peak RSS from
+# an atexit handler (run() calls the handlers before its fast exit)
 CLI = """import atexit, json, sys
 def peak():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
 atexit.register(lambda: print(json.dumps({"peak_rss": peak()})))
-from search.cli.main import main
-sys.exit(main(sys.argv[1:]))
+from search.cli.main import run
+run()
 """
 
 

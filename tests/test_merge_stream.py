@@ -199,3 +199,27 @@ def test_in_memory_tensor_names_are_accepted(tmp_path_factory, tmp_path, family)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def _console(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    # the console script's body (pyproject's entry point), with an atexit handler of the caller's own
+    code = "import atexit, sys; atexit.register(lambda: print('handler ran')); from search.cli.main import run; run()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_console_merge_ends_fast_but_complete(trio, tmp_path):
+    # `mergesearch merge` ends with os._exit: its piped (block-buffered) output, the atexit handlers and
+    # every byte of the checkpoint must still be there, equal to an in-process merge's
+    recipe = recipe_for(trio, method="ties", density=0.5)
+    (tmp_path / "r.json").write_text(recipe.to_json())
+    res = _console(["merge", str(tmp_path / "r.json"), "--out", str(tmp_path / "cli"), "--quiet"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [f"merged recipe {recipe.id} (ties) -> {tmp_path / 'cli'}", "handler ran"]
+    ref = merge_to_disk(recipe, tmp_path / "ref", progress=False)
+    for f in ("model.safetensors", "recipe.json", "config.json"):
+        assert (tmp_path / "cli" / f).read_bytes() == (ref / f).read_bytes(), f
+    # a bad input keeps its one-line error and exit code 2 through the fast exit
+    bad = _console(["merge", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")], tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("mergesearch: error:") and "missing.json" in bad.stderr
+    assert bad.stdout == "handler ran\n" and not (tmp_path / "x").exists()

@@ -214,7 +214,10 @@ def test_console_merge_ends_fast_but_complete(trio, tmp_path):
     (tmp_path / "r.json").write_text(recipe.to_json())
     res = _console(["merge", str(tmp_path / "r.json"), "--out", str(tmp_path / "cli"), "--quiet"], tmp_path)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == [f"merged recipe {recipe.id} (ties) -> {tmp_path / 'cli'}", "handler ran"]
+    assert res.stdout.splitlines() == [
+        f"merged recipe {recipe.id} (ties) -> {tmp_path / 'cli'}",
+        "handler ran",
+    ]
     ref = merge_to_disk(recipe, tmp_path / "ref", progress=False)
     for f in ("model.safetensors", "recipe.json", "config.json"):
         assert (tmp_path / "cli" / f).read_bytes() == (ref / f).read_bytes(), f

@@ -138,7 +138,12 @@ def peak():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
 atexit.register(lambda: print(json.dumps({"peak_rss": peak()})))
-from search.cli.main import run
+try:
+    from search.cli.main import run
+except ImportError:  # a revision before the fast exit (benchmarks/compare_revisions.py): its console script
+    from search.cli.main import main
+    def run():
+        sys.exit(main(sys.argv[1:]))
 run()
 """
 

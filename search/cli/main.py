@@ -80,7 +80,7 @@ def run() -> None:
 
     After a :data:`FAST_EXIT_COMMANDS` command it runs the ``atexit`` handlers, flushes stdout and stderr
     and ends the process with ``os._exit``: the interpreter's teardown after importing torch (module
-    finalisation and garbage collection, nothing that writes a file) takes 0.35-0.5 s here, a third of
+    finalisation and garbage collection, nothing that writes a file) takes 0.35-0.5 s here, about half of
     ``cp``'s time for a 0.5B model, and the user waits for it (``benchmarks/merge_throughput.py``).
     """
     argv = sys.argv[1:]
